@@ -1,0 +1,196 @@
+/**
+ * Chooses the TensorFlow.js backend at run time: native TensorFlow where a user has it, WebGPU on
+ * a real GPU, then the fastest CPU path (OpenBLAS kernels on tfjs `cpu`, else wasm, else stock cpu).
+ * Nothing else in the project depends on the choice: numeric code reads tensors asynchronously
+ * only, so every backend runs the same code.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { createRequire } from "node:module";
+import { openBlas } from "./blas.ts";
+import { registerBlasKernels } from "./blas_kernels.ts";
+
+/** The backends a user can ask for. */
+export const BACKEND_CHOICES = ["auto", "tensorflow", "webgpu", "wasm", "cpu"] as const;
+
+/** A backend a user can ask for; `auto` picks the fastest one present. */
+export type BackendChoice = typeof BACKEND_CHOICES[number];
+
+/** The environment variable that chooses the backend when no `--backend` flag is given. */
+export const BACKEND_ENV = "SCALAR_BACKEND";
+
+/** The backend a run got. */
+export interface SelectedBackend {
+  /** The tfjs backend name now active (`tensorflow`, `webgpu`, `wasm` or `cpu`). */
+  name: Exclude<BackendChoice, "auto">;
+  /** What runs it, e.g. `cpu + OpenBLAS (/usr/lib/…/libopenblas.so.0)` or `webgpu (NVIDIA H200)`. */
+  detail: string;
+  /** Why each faster candidate was passed over, worded for a person. */
+  skipped: string[];
+}
+
+/** Thrown when an explicitly requested backend cannot run. */
+export class BackendError extends Error {
+  override name = "BackendError";
+}
+
+type Probe = { ok: true; detail: string } | { ok: false; reason: string };
+
+/** Native TensorFlow through tfjs-node(-gpu), if the user installed it; never downloads. */
+async function probeTensorflow(): Promise<Probe> {
+  const require = createRequire(import.meta.url);
+  const missing: string[] = [];
+  for (const pkg of ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"]) {
+    let resolved: string;
+    try {
+      resolved = require.resolve(pkg);
+    } catch {
+      missing.push(pkg.replace("@tensorflow/", ""));
+      continue;
+    }
+    try {
+      // The package registers the "tensorflow" backend when it loads.
+      await import(resolved);
+      await tf.setBackend("tensorflow");
+      return { ok: true, detail: `tensorflow (${pkg})` };
+    } catch (e) {
+      return { ok: false, reason: `${pkg} is installed but failed to load: ${message(e)}` };
+    }
+  }
+  return { ok: false, reason: `${missing.join(" and ")} not installed` };
+}
+
+/** Names that adapters running on the CPU report. */
+const SOFTWARE_ADAPTER = /llvmpipe|lavapipe|swiftshader|softpipe|software|microsoft basic render/i;
+
+/** WebGPU, accepting a software adapter only when the user asked for WebGPU by name. */
+async function probeWebgpu(allowSoftware: boolean): Promise<Probe> {
+  const gpu = (navigator as { gpu?: GPU }).gpu;
+  if (gpu === undefined) return { ok: false, reason: "navigator.gpu is not available" };
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (adapter === null) {
+    return { ok: false, reason: "no WebGPU adapter (is a Vulkan driver installed?)" };
+  }
+  const info = adapter.info;
+  const name = info.description || info.device || info.vendor || "unnamed adapter";
+  const fallback = (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
+  if (!allowSoftware && (fallback || SOFTWARE_ADAPTER.test(name))) {
+    return { ok: false, reason: `the adapter is a software renderer (${name}), not a GPU` };
+  }
+  await import("@tensorflow/tfjs-backend-webgpu");
+  if (!(await tf.setBackend("webgpu"))) return { ok: false, reason: "tfjs webgpu failed to start" };
+  return { ok: true, detail: `webgpu (${name})` };
+}
+
+/** tfjs `cpu`, with its matrix products in OpenBLAS when the library loads. */
+async function probeCpu(): Promise<{ detail: string; skipped?: string }> {
+  await tf.setBackend("cpu");
+  // We announce the backend ourselves; tfjs's first-use banner would only advertise tfjs-node.
+  (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  const blas = openBlas();
+  if ("error" in blas) return { detail: "cpu (stock kernels)", skipped: `OpenBLAS: ${blas.error}` };
+  registerBlasKernels(blas);
+  return { detail: `cpu + OpenBLAS (${blas.path})` };
+}
+
+async function probeWasm(): Promise<Probe> {
+  await import("@tensorflow/tfjs-backend-wasm");
+  if (!(await tf.setBackend("wasm"))) return { ok: false, reason: "tfjs wasm failed to start" };
+  return { ok: true, detail: "wasm (SIMD, one thread)" };
+}
+
+/**
+ * Parses a backend name from a flag, the environment or a manifest.
+ *
+ * @param value The text given.
+ * @param source Where it came from, for the error message.
+ * @returns The choice.
+ * @throws {BackendError} If the name is not one of {@link BACKEND_CHOICES}.
+ */
+export function parseBackendChoice(value: string, source: string): BackendChoice {
+  if ((BACKEND_CHOICES as readonly string[]).includes(value)) return value as BackendChoice;
+  throw new BackendError(
+    `Cannot use backend "${value}" from ${source}: expected one of ${BACKEND_CHOICES.join(", ")}`,
+  );
+}
+
+let selected: SelectedBackend | undefined;
+
+/**
+ * Activates a backend. With `auto`: native TensorFlow if tfjs-node(-gpu) loads, then WebGPU on a
+ * hardware adapter, then tfjs `cpu` with OpenBLAS kernels, then wasm, then stock `cpu`. A named
+ * backend that cannot run is an error rather than a silent fallback. Selecting twice in one process
+ * returns the first selection (tfjs kernels are process-global).
+ *
+ * @param choice What the user asked for.
+ * @returns What runs, and why faster candidates were skipped.
+ * @throws {BackendError} If a named backend is not available here.
+ */
+export async function selectBackend(choice: BackendChoice): Promise<SelectedBackend> {
+  if (selected) {
+    if (choice !== "auto" && choice !== selected.name) {
+      throw new BackendError(
+        `Cannot switch to backend "${choice}": "${selected.name}" is already active in this process`,
+      );
+    }
+    return selected;
+  }
+  const skipped: string[] = [];
+  const attempt = (name: SelectedBackend["name"], probe: Probe) => {
+    if (probe.ok) return (selected = { name, detail: probe.detail, skipped });
+    if (choice === name) throw new BackendError(`Cannot use backend "${name}": ${probe.reason}`);
+    skipped.push(`${name}: ${probe.reason}`);
+    return undefined;
+  };
+  if (choice === "auto" || choice === "tensorflow") {
+    const got = attempt("tensorflow", await probeTensorflow());
+    if (got) return got;
+  }
+  if (choice === "auto" || choice === "webgpu") {
+    const got = attempt("webgpu", await probeWebgpu(choice === "webgpu"));
+    if (got) return got;
+  }
+  if (choice === "wasm") return attempt("wasm", await probeWasm())!;
+  // auto prefers wasm only when OpenBLAS is missing: BLAS kernels are several times faster.
+  const cpu = await probeCpu();
+  if (cpu.skipped !== undefined && choice === "auto") {
+    skipped.push(`cpu + ${cpu.skipped}`);
+    const wasm = attempt("wasm", await probeWasm());
+    if (wasm) return wasm;
+    await tf.setBackend("cpu");
+  } else if (cpu.skipped !== undefined) skipped.push(cpu.skipped);
+  return (selected = { name: "cpu", detail: cpu.detail, skipped });
+}
+
+/**
+ * Formats the one line a command prints about its backend.
+ *
+ * @param b The selection.
+ * @returns e.g. `backend: cpu + OpenBLAS (…) — skipped tensorflow: not installed; webgpu: …`.
+ */
+export function describeBackend(b: SelectedBackend): string {
+  return `backend: ${b.detail}` + (b.skipped.length ? ` — skipped ${b.skipped.join("; ")}` : "");
+}
+
+/**
+ * Reads the backend choice from a command-line value, else `$SCALAR_BACKEND`, else the default.
+ *
+ * @param flag The `--backend` value, if given.
+ * @param fallback The manifest's choice or `auto`.
+ * @returns The choice.
+ * @throws {BackendError} If a given name is unknown.
+ */
+export function backendChoiceFrom(
+  flag: string | undefined,
+  fallback: BackendChoice,
+): BackendChoice {
+  if (flag !== undefined) return parseBackendChoice(flag, "--backend");
+  const env = Deno.env.get(BACKEND_ENV);
+  if (env) return parseBackendChoice(env, `$${BACKEND_ENV}`);
+  return fallback;
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,284 @@
+/**
+ * Trains a GPT on a token stream: AdamW, warm-up + cosine decay, global-norm clipping, periodic
+ * validation loss, checkpoints that resume exactly (parameters, optimizer moments, step and data
+ * cursor), and a progress line.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { BatchLoader, evalBatches } from "../data/batches.ts";
+import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
+import { warmupCosine } from "../optim/schedule.ts";
+import { formatDuration, Progress } from "../util/progress.ts";
+import { CheckpointError, hasCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { crossEntropy, GPT, type GPTConfig } from "./gpt.ts";
+import { type GptCheckpointConfig, gptTensors, readGptCheckpoint } from "./gpt_checkpoint.ts";
+
+/** Settings of a language-model training run; the defaults are the paper's toy-model recipe. */
+export interface LmTrainConfig {
+  /** Optimizer steps. @default 10000 */
+  steps: number;
+  /** Sequences per step (each `nCtx` tokens long). @default 128 */
+  batch: number;
+  /** Peak learning rate. @default 1e-3 */
+  lr: number;
+  /** Learning rate at the last step. @default 1e-5 */
+  minLr: number;
+  /** Linear warm-up steps. @default 1000 */
+  warmup: number;
+  /** AdamW weight decay, applied to matrices and embeddings only. @default 0.1 */
+  weightDecay: number;
+  /** AdamW β₁. @default 0.9 */
+  beta1: number;
+  /** AdamW β₂ (0.95 as nanoGPT: steadier at this batch size). @default 0.95 */
+  beta2: number;
+  /** Global gradient-norm limit. @default 1.0 */
+  gradClip: number;
+  /** Steps between validation-loss evaluations (and at the end). @default 250 */
+  evalEvery: number;
+  /** Validation sequences per evaluation; 0 means the whole validation split. @default 0 */
+  evalSequences: number;
+  /** Steps between checkpoints (and at the end). @default 500 */
+  checkpointEvery: number;
+  /** Steps between progress lines. @default 10 */
+  logEvery: number;
+  /** Initialisation seed. @default 0 */
+  seed: number;
+}
+
+/** The paper's toy-model training recipe (SPEC §2). */
+export const LM_TRAIN_DEFAULTS: Readonly<LmTrainConfig> = Object.freeze({
+  steps: 10_000,
+  batch: 128,
+  lr: 1e-3,
+  minLr: 1e-5,
+  warmup: 1000,
+  weightDecay: 0.1,
+  beta1: 0.9,
+  beta2: 0.95,
+  gradClip: 1.0,
+  evalEvery: 250,
+  evalSequences: 0,
+  checkpointEvery: 500,
+  logEvery: 10,
+  seed: 0,
+});
+
+/** One validation-loss measurement. */
+export interface EvalPoint {
+  /** Steps completed when measured. */
+  step: number;
+  /** Mean training loss over the steps since the previous evaluation. */
+  trainLoss: number;
+  /** Mean validation cross-entropy (nats per token). */
+  valLoss: number;
+}
+
+/** What a training run returns. */
+export interface LmTrainResult {
+  /** Steps completed (less than `steps` when interrupted). */
+  step: number;
+  /** Whether the run stopped early on request; its checkpoint resumes it. */
+  interrupted: boolean;
+  /** Every validation measurement, including those before a resume. */
+  history: EvalPoint[];
+  /** Training tokens per second over this invocation. */
+  tokensPerSecond: number;
+  /** Wall time of this invocation, in seconds. */
+  seconds: number;
+}
+
+/** Thrown when the loss stops being a finite number. */
+export class DivergenceError extends Error {
+  override name = "DivergenceError";
+}
+
+/** Inputs of {@link trainLm}. */
+export interface TrainLmOptions {
+  /** The model's shape. */
+  model: GPTConfig;
+  /** Training settings. */
+  train: LmTrainConfig;
+  /** Token ids of the training and validation splits. */
+  tokens: { train: Int32Array; val: Int32Array };
+  /** Checkpoint folder: resumed from when it holds a checkpoint of the same run. */
+  outDir: string;
+  /** Saved in `config.json` beside the model (corpus checksum, tokenizer, manifest name...). */
+  provenance: Omit<GptCheckpointConfig, "format" | "model">;
+  /** When it fires, the run finishes its step, saves a checkpoint and returns. */
+  signal?: AbortSignal;
+  /** Where progress lines go. @default stderr */
+  log?: (line: string) => void;
+}
+
+/** Whether AdamW decays a parameter: matrices and embeddings yes, biases and gains no. */
+const decays = (_name: string, shape: readonly number[]) => shape.length >= 2;
+
+/**
+ * Mean cross-entropy of the model over validation windows.
+ *
+ * @param model The model.
+ * @param val Validation token ids.
+ * @param sequences Number of windows (0 = as many as fit).
+ * @param batch Windows per forward pass.
+ * @returns Mean loss over all predicted tokens.
+ */
+export async function evaluateLoss(
+  model: GPT,
+  val: Int32Array,
+  sequences: number,
+  batch: number,
+): Promise<number> {
+  const T = model.config.nCtx;
+  const windows = sequences > 0 ? sequences : Math.floor((val.length - 1) / T);
+  let total = 0;
+  for (const b of evalBatches(val, { windows, seqLen: T, batchSize: batch })) {
+    const loss = tf.tidy(() => {
+      const x = tf.tensor2d(b.inputs, b.shape as [number, number], "int32");
+      const y = tf.tensor2d(b.targets, b.shape as [number, number], "int32");
+      return crossEntropy(model.forward(x), y).mul(b.shape[0]);
+    });
+    total += (await loss.data())[0]!;
+    loss.dispose();
+  }
+  return total / windows;
+}
+
+/**
+ * Trains a GPT, resuming from `outDir` when it holds an unfinished checkpoint of the same run.
+ *
+ * @param opts The model shape, settings, data and output folder.
+ * @returns Steps done, the validation history and throughput.
+ * @throws {DivergenceError} If the loss becomes NaN or infinite (naming the step).
+ * @throws {CheckpointError} If `outDir` holds a checkpoint of a run with other settings.
+ */
+export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
+  const { train: cfg, tokens, outDir } = opts;
+  const log = opts.log ?? ((line: string) => console.error(line));
+  const T = opts.model.nCtx;
+  const runConfig = { format: "scalar-lab/gpt", model: opts.model, ...opts.provenance, train: cfg };
+
+  let model: GPT;
+  let start = 0;
+  let cursor = 0;
+  let history: EvalPoint[] = [];
+  let resumeState: Awaited<ReturnType<AdamW["state"]>> | undefined;
+  if (await hasCheckpoint(outDir)) {
+    const saved = await loadCheckpoint(outDir);
+    const { values } = readGptCheckpoint(outDir, saved);
+    const savedConfig = saved.config as { train?: unknown; history?: EvalPoint[] };
+    if (JSON.stringify(savedConfig.train) !== JSON.stringify(cfg)) {
+      throw new CheckpointError(
+        outDir,
+        `Cannot resume "${outDir}": it holds a model trained with other settings; ` +
+          `choose another output folder or delete it`,
+      );
+    }
+    if (saved.state === undefined) {
+      log(`"${outDir}" already holds the finished model; nothing to do`);
+      return {
+        step: cfg.steps,
+        interrupted: false,
+        history: savedConfig.history ?? [],
+        tokensPerSecond: NaN,
+        seconds: 0,
+      };
+    }
+    const state = saved.state.json as { step: number; cursor: number; history: EvalPoint[] };
+    model = new GPT(opts.model, values, true);
+    ({ step: start, cursor, history } = state);
+    resumeState = {
+      step: state.step,
+      tensors: new Map(Object.entries(saved.state.tensors)),
+    };
+    log(`resuming "${outDir}" at step ${start}`);
+  } else {
+    model = GPT.init(opts.model, cfg.seed);
+  }
+  const optimizer = new AdamW(model.params, {
+    beta1: cfg.beta1,
+    beta2: cfg.beta2,
+    weightDecay: cfg.weightDecay,
+    decays,
+  });
+  if (resumeState) optimizer.load(resumeState);
+  const loader = new BatchLoader(tokens.train, { batchSize: cfg.batch, seqLen: T, cursor });
+  const tokensPerStep = cfg.batch * T;
+  log(
+    `training ${opts.model.nLayer}-layer GPT (d_model ${opts.model.dModel}) for ${cfg.steps} steps` +
+      ` × ${tokensPerStep} tokens (${
+        (cfg.steps * tokensPerStep / tokens.train.length).toFixed(1)
+      }` +
+      ` epochs of ${tokens.train.length} tokens) → ${outDir}`,
+  );
+
+  const save = async (step: number, finished: boolean) => {
+    const values = await model.parameterValues();
+    const moments = await optimizer.state();
+    await saveCheckpoint(outDir, {
+      config: { ...runConfig, step, history },
+      params: gptTensors(opts.model, values),
+      // A finished run keeps no optimizer state: it is a model, not a run to resume.
+      state: finished ? undefined : {
+        json: { step, cursor: loader.cursor, history },
+        tensors: Object.fromEntries(moments.tensors),
+      },
+    });
+  };
+
+  const progress = new Progress(cfg.steps, start, tokensPerStep, "tok", log);
+  const began = performance.now();
+  let lossSum = 0, lossCount = 0, interrupted = false, step = start;
+  const vars = [...model.params.values()];
+  const names = [...model.params.keys()];
+  while (step < cfg.steps) {
+    const lr = warmupCosine(cfg, step);
+    const batch = loader.next();
+    const loss = tf.tidy(() => {
+      const x = tf.tensor2d(batch.inputs, batch.shape as [number, number], "int32");
+      const y = tf.tensor2d(batch.targets, batch.shape as [number, number], "int32");
+      const { value, grads } = tf.variableGrads(() => crossEntropy(model.forward(x), y), vars);
+      const named = new Map(names.map((n, i) => [n, grads[vars[i]!.name]!]));
+      const clipped = clipGlobalNorm(named, cfg.gradClip);
+      optimizer.update(clipped.grads, lr);
+      return value;
+    });
+    step++;
+    // Reading the loss synchronises with the device, so it happens only at log points.
+    const logNow = step % cfg.logEvery === 0 || step === cfg.steps;
+    const evalNow = step % cfg.evalEvery === 0 || step === cfg.steps;
+    if (logNow || evalNow) {
+      const value = (await loss.data())[0]!;
+      if (!Number.isFinite(value)) {
+        throw new DivergenceError(`Cannot train: the loss became ${value} at step ${step}`);
+      }
+      lossSum += value;
+      lossCount++;
+      if (logNow) progress.report(step, `loss ${value.toFixed(4)} | lr ${lr.toExponential(2)}`);
+    }
+    loss.dispose();
+    if (evalNow) {
+      const valLoss = await evaluateLoss(model, tokens.val, cfg.evalSequences, cfg.batch);
+      history.push({ step, trainLoss: lossSum / lossCount, valLoss });
+      lossSum = lossCount = 0;
+      log(`step ${step}: val loss ${valLoss.toFixed(4)}`);
+    }
+    interrupted = opts.signal?.aborted === true && step < cfg.steps;
+    if (step === cfg.steps || interrupted || step % cfg.checkpointEvery === 0) {
+      await save(step, step === cfg.steps);
+    }
+    if (interrupted) break;
+  }
+  const seconds = (performance.now() - began) / 1000;
+  const tokensPerSecond = ((step - start) * tokensPerStep) / seconds;
+  log(
+    interrupted
+      ? `interrupted at step ${step}; run the same command again to resume`
+      : `done: ${step} steps in ${formatDuration(seconds)}, val loss ${
+        history.at(-1)?.valLoss.toFixed(4) ?? "?"
+      }`,
+  );
+  optimizer.dispose();
+  model.dispose();
+  return { step, interrupted, history, tokensPerSecond, seconds };
+}

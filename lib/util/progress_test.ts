@@ -1,0 +1,20 @@
+import assert from "node:assert/strict";
+import { formatCount, formatDuration, Progress } from "./progress.ts";
+
+Deno.test("formatDuration() picks seconds, minutes or hours", () => {
+  assert.deepEqual([5, 125, 3725, -1, NaN].map(formatDuration), ["5s", "2m05s", "1h02m", "?", "?"]);
+});
+
+Deno.test("formatCount() abbreviates thousands and millions", () => {
+  assert.deepEqual([950, 48_300, 2_500_000].map(formatCount), ["950", "48.3k", "2.50M"]);
+});
+
+Deno.test("Progress.report() prints the step, fields, rate and ETA", async () => {
+  const lines: string[] = [];
+  const p = new Progress(100, 0, 1000, "tok", (l) => lines.push(l));
+  await new Promise((r) => setTimeout(r, 50));
+  p.report(10, "loss 2.000");
+  assert.match(lines[0]!, /^step {2}10\/100 \| loss 2\.000 \| [\d.]+k tok\/s \| ETA \d+s$/);
+  // 10 steps of 1000 tokens in ≥ 50 ms: at most 200k tok/s, so 90 steps left take ≥ 0.45 s.
+  assert.ok(p.rate <= 200_000 && p.rate > 0);
+});
