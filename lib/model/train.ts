@@ -162,6 +162,8 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
   let start = 0;
   let cursor = 0;
   let history: EvalPoint[] = [];
+  // The training loss averaged between evaluations; saved so that a resumed run reports the same.
+  let lossSum = 0, lossCount = 0;
   let resumeState: Awaited<ReturnType<AdamW["state"]>> | undefined;
   if (await hasCheckpoint(outDir)) {
     const saved = await loadCheckpoint(outDir);
@@ -184,9 +186,15 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
         seconds: 0,
       };
     }
-    const state = saved.state.json as { step: number; cursor: number; history: EvalPoint[] };
+    const state = saved.state.json as {
+      step: number;
+      cursor: number;
+      history: EvalPoint[];
+      lossSum: number;
+      lossCount: number;
+    };
     model = new GPT(opts.model, values, true);
-    ({ step: start, cursor, history } = state);
+    ({ step: start, cursor, history, lossSum, lossCount } = state);
     resumeState = {
       step: state.step,
       tensors: new Map(Object.entries(saved.state.tensors)),
@@ -220,7 +228,7 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
       params: gptTensors(opts.model, values),
       // A finished run keeps no optimizer state: it is a model, not a run to resume.
       state: finished ? undefined : {
-        json: { step, cursor: loader.cursor, history },
+        json: { step, cursor: loader.cursor, history, lossSum, lossCount },
         tensors: Object.fromEntries(moments.tensors),
       },
     });
@@ -228,7 +236,7 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
 
   const progress = new Progress(cfg.steps, start, tokensPerStep, "tok", log);
   const began = performance.now();
-  let lossSum = 0, lossCount = 0, interrupted = false, step = start;
+  let interrupted = false, step = start;
   const vars = [...model.params.values()];
   const names = [...model.params.keys()];
   while (step < cfg.steps) {

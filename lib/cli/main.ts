@@ -1,0 +1,98 @@
+/**
+ * The `scalar` command line: a table of subcommands, each with `--help`, and one place that turns
+ * the project's expected errors into a message and an exit code instead of a stack trace.
+ *
+ * @module
+ */
+import { BackendError } from "../backend/select.ts";
+import { CorpusError } from "../data/corpus.ts";
+import { ManifestError } from "../experiment/manifest_source.ts";
+import { CheckpointError } from "../model/checkpoint.ts";
+import { SafetensorsError } from "../model/safetensors.ts";
+import { DivergenceError } from "../model/train.ts";
+import { type Command, UsageError } from "./args.ts";
+import { trainModelCommand } from "./train_model.ts";
+
+/** A command that a later part of the project provides. */
+function notYet(summary: string, what: string): Command {
+  return {
+    summary: `${summary} (not yet available)`,
+    help: `${summary}.\n\nNot yet available: ${what}.`,
+    run() {
+      console.error(`Not yet available: ${what}`);
+      return Promise.resolve(1);
+    },
+  };
+}
+
+/** Every subcommand, by name. */
+export const COMMANDS: Readonly<Record<string, Command>> = {
+  "train-model": trainModelCommand,
+  run: notYet("run an experiment manifest's pending runs", "the experiment runner"),
+  plan: notYet("list an experiment manifest's runs and their status", "the experiment runner"),
+  report: notYet("print mean ± std tables of stored results", "the results store"),
+  query: notYet("run SQL over stored results", "the results store"),
+  bench: notYet("time training steps against a PyTorch peer", "the benchmark"),
+};
+
+const USAGE =
+  `SCALAR lab: train SAEs across a language model's layers and measure how sparsely their
+features connect (SCALAR).
+
+Usage: deno task <command> [arguments]   (or: deno run -A main.ts <command> ...)
+
+Commands:
+${Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}`).join("\n")}
+
+Run a command with --help for its options.`;
+
+/** Errors whose message says everything a user needs: printed without a stack trace. */
+const EXPECTED_ERRORS = [
+  BackendError,
+  CorpusError,
+  CheckpointError,
+  SafetensorsError,
+  DivergenceError,
+];
+
+/**
+ * Runs a subcommand.
+ *
+ * @param args The command line after the program name.
+ * @returns The exit code: 0 success, 1 failure, 2 bad usage or input, 130 interrupted.
+ */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    console.log(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (command === undefined) {
+    console.error(
+      `Cannot run command "${name}": unknown; commands: ${Object.keys(COMMANDS).join(", ")}`,
+    );
+    return 2;
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    console.log(command.help);
+    return 0;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`${name}: ${e.message}\nRun "deno task ${name} --help" for usage.`);
+      return 2;
+    }
+    if (e instanceof ManifestError) {
+      console.error(e.message);
+      return 2;
+    }
+    if (EXPECTED_ERRORS.some((cls) => e instanceof cls)) {
+      console.error((e as Error).message);
+      return 1;
+    }
+    throw e;
+  }
+}

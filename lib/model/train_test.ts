@@ -1,0 +1,82 @@
+import assert from "node:assert/strict";
+import { type GPTConfig } from "./gpt.ts";
+import { LM_TRAIN_DEFAULTS, trainLm, type TrainLmOptions } from "./train.ts";
+import { loadCheckpoint } from "./checkpoint.ts";
+
+const TINY: GPTConfig = {
+  nLayer: 1,
+  nHead: 2,
+  dModel: 8,
+  dMlp: 16,
+  nCtx: 8,
+  vocabSize: 5,
+  lnEps: 1e-5,
+};
+
+// A learnable stream: the cycle 0 1 2 3 4 repeated, so next-token loss can approach 0.
+const stream = (n: number) => Int32Array.from({ length: n }, (_, i) => i % 5);
+
+function options(outDir: string, extra: Partial<TrainLmOptions> = {}): TrainLmOptions {
+  return {
+    model: TINY,
+    train: {
+      ...LM_TRAIN_DEFAULTS,
+      steps: 40,
+      batch: 4,
+      lr: 1e-2,
+      minLr: 1e-3,
+      warmup: 4,
+      evalEvery: 20,
+      checkpointEvery: 100,
+      logEvery: 1,
+    },
+    tokens: { train: stream(400), val: stream(100) },
+    outDir,
+    provenance: { tokenizer: "char" },
+    log: () => {},
+    ...extra,
+  };
+}
+
+Deno.test("trainLm() lowers the validation loss on a learnable stream", async () => {
+  const dir = await Deno.makeTempDir();
+  const result = await trainLm(options(`${dir}/m`));
+  assert.equal(result.history.length, 2);
+  assert.ok(result.history[0]!.valLoss < Math.log(5), `${result.history[0]!.valLoss}`);
+  assert.ok(result.history[1]!.valLoss < 0.5 * Math.log(5), `${result.history[1]!.valLoss}`);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("trainLm() interrupted and resumed ends bit-exact with an uninterrupted run", async () => {
+  const dir = await Deno.makeTempDir();
+  await trainLm(options(`${dir}/straight`));
+  const abort = new AbortController();
+  const first = await trainLm(options(`${dir}/resumed`, {
+    signal: abort.signal,
+    log: (line) => line.startsWith("step 13/") && abort.abort(),
+  }));
+  assert.deepEqual([first.step, first.interrupted], [13, true]);
+  const second = await trainLm(options(`${dir}/resumed`));
+  assert.deepEqual([second.step, second.interrupted], [40, false]);
+  const [a, b] = await Promise.all([`${dir}/straight`, `${dir}/resumed`].map(loadCheckpoint));
+  for (const name of Object.keys(a!.params)) {
+    assert.deepEqual(b!.params[name]!.data, a!.params[name]!.data, name);
+  }
+  assert.deepEqual(
+    (b!.config as { history: unknown }).history,
+    (a!.config as { history: unknown }).history,
+  );
+  // Other settings in the same folder are refused rather than silently mixed.
+  const other = options(`${dir}/resumed`);
+  other.train = { ...other.train, lr: 0.5 };
+  await assert.rejects(trainLm(other), /trained with other settings/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("trainLm() stops with the step named when the loss diverges", async () => {
+  const dir = await Deno.makeTempDir();
+  const o = options(`${dir}/m`);
+  o.train = { ...o.train, lr: 1e30, gradClip: 1e30, warmup: 1 };
+  await assert.rejects(trainLm(o), /Cannot train: the loss became (NaN|Infinity) at step \d+/);
+  await Deno.remove(dir, { recursive: true });
+});
