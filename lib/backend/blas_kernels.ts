@@ -1,22 +1,34 @@
 /**
- * TensorFlow.js `cpu` kernels for `BatchMatMul` and `_FusedMatMul` that run the product in BLAS.
+ * TensorFlow.js `cpu` and `wasm` kernels for `BatchMatMul` and `_FusedMatMul` that run the product
+ * in BLAS.
  *
- * The stock kernels multiply in a JavaScript triple loop (~1 GFLOP/s); OpenBLAS is two orders of
- * magnitude faster. tfjs defines both gradients with `matMul` ops, so backward passes use these
- * kernels too.
+ * The stock `cpu` kernels multiply in a JavaScript triple loop (~1 GFLOP/s); the stock `wasm` ones
+ * are single-threaded and nearly as slow on transposed operands, which every backward pass has.
+ * OpenBLAS is one to two orders of magnitude faster. tfjs defines both gradients with `matMul` ops, so backward passes
+ * use these kernels too. One code path serves both backends: a small {@link KernelStorage} adapter gives
+ * the kernels each tensor's float32 values in place (a plain array on `cpu`, a view of the wasm
+ * heap on `wasm`), so operands are never copied.
  *
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs";
 import type { BlasLibrary } from "./blas.ts";
+import {
+  type Allocation,
+  type CpuKernelBackend,
+  type KernelStorage,
+  sizeOf,
+  STORAGE,
+} from "./kernel_storage.ts";
 
-// The parts of tfjs-backend-cpu's MathBackendCPU these kernels use; that package is not imported
-// directly, only through the umbrella package, which does not export its types.
-interface CpuBackend {
-  data: { get(dataId: tf.DataId): { values?: unknown } | undefined };
-  makeTensorInfo(shape: number[], dtype: "float32", values: Float32Array): tf.TensorInfo;
-}
+/** The tfjs backends whose matrix-product kernels {@link registerBlasKernels} can replace. */
+export type BlasBackendName = CpuKernelBackend;
+
+const PACKAGES: Record<BlasBackendName, string> = {
+  cpu: "@tensorflow/tfjs",
+  wasm: "@tensorflow/tfjs-backend-wasm",
+};
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 
@@ -38,93 +50,110 @@ const FUSED_ACTIVATIONS = new Set([
   "sigmoid",
 ]);
 
-let registered = false;
+const registered = new Set<BlasBackendName>();
 
 /**
- * Replaces the tfjs `cpu` kernels `BatchMatMul` and `_FusedMatMul` with BLAS-backed ones.
+ * Replaces one backend's tfjs kernels `BatchMatMul` and `_FusedMatMul` with BLAS-backed ones.
+ * Registrations for `cpu` and `wasm` may coexist; each has its own restore function.
  *
- * Inputs that are not float32 (int32, complex64) still go to the stock kernels, and so does a
- * `_FusedMatMul` whose bias or PReLU weights would broadcast the output to a larger shape.
- * Batch dimensions broadcast per numpy rules, also where the stock kernel gets them wrong
- * (e.g. `[2,1,m,k] · [1,3,k,n]`).
+ * Inputs that are not float32 (int32, complex64) still go to that backend's stock kernels, and so
+ * does a `_FusedMatMul` whose bias or PReLU weights would broadcast the output to a larger shape.
+ * Batch dimensions broadcast per numpy rules, also where the stock `cpu` kernel gets them wrong
+ * (e.g. `[2,1,m,k] · [1,3,k,n]`), and `_FusedMatMul` takes any bias that broadcasts into the output,
+ * where the stock `wasm` kernel accepts rank 1 only. On `wasm`, operands are read from and the
+ * result written to the wasm heap in place.
  *
  * @param blas the library from `openBlas()`; it must stay open while the kernels are registered
- * @returns a function that re-registers the stock kernels; calling it again does nothing
+ * @param backendName the backend whose kernels to replace; for `wasm`,
+ *   `@tensorflow/tfjs-backend-wasm` must be imported first (its backend need not be active yet)
+ * @returns a function that re-registers that backend's stock kernels; calling it again does nothing
  */
-export function registerBlasKernels(blas: BlasLibrary): () => void {
-  if (registered) {
+export function registerBlasKernels(
+  blas: BlasLibrary,
+  backendName: BlasBackendName = "cpu",
+): () => void {
+  // The type stops TypeScript callers; this stops JavaScript ones and casts.
+  if (!Object.hasOwn(STORAGE, backendName)) {
     throw new Error(
-      'Cannot register BLAS kernels for "cpu": already registered; call the restore function first',
+      `Cannot register BLAS kernels for "${backendName}": not a supported backend ` +
+        `(${Object.keys(STORAGE).join(", ")})`,
+    );
+  }
+  if (registered.has(backendName)) {
+    throw new Error(
+      `Cannot register BLAS kernels for "${backendName}": already registered; ` +
+        "call the restore function first",
     );
   }
   const stock = [tf.BatchMatMul, tf._FusedMatMul].map((name) => {
-    const config = tf.getKernel(name, "cpu");
+    const config = tf.getKernel(name, backendName);
     if (config === undefined) {
       throw new Error(
-        `Cannot register BLAS kernel "${name}" for "cpu": no stock kernel to replace ` +
-          "(is @tensorflow/tfjs imported?)",
+        `Cannot register BLAS kernel "${name}" for "${backendName}": no stock kernel to replace ` +
+          `(is ${PACKAGES[backendName]} imported?)`,
       );
     }
     return config;
   });
-  const [stockBatchMatMul, stockFused] = stock.map((config) => config.kernelFunc);
-  replaceKernel(tf.BatchMatMul, (args) => batchMatMul(blas, args, stockBatchMatMul));
-  replaceKernel(tf._FusedMatMul, (args) => fusedMatMul(blas, args, stockFused));
-  registered = true;
+  const storageOf = STORAGE[backendName];
+  const [stockBatchMatMul, stockFused] = stock;
+  replaceKernel(stockBatchMatMul, (args) => {
+    return batchMatMul(blas, storageOf(args.backend), args, stockBatchMatMul.kernelFunc);
+  });
+  replaceKernel(stockFused, (args) => {
+    return fusedMatMul(blas, storageOf(args.backend), args, stockFused.kernelFunc);
+  });
+  registered.add(backendName);
   let restored = false;
   return () => {
     if (restored) return;
     restored = true;
     for (const config of stock) {
-      tf.unregisterKernel(config.kernelName, "cpu");
+      tf.unregisterKernel(config.kernelName, backendName);
       tf.registerKernel(config);
     }
-    registered = false;
+    registered.delete(backendName);
   };
 }
 
-function replaceKernel(kernelName: string, kernelFunc: tf.KernelFunc): void {
+function replaceKernel(stock: tf.KernelConfig, kernelFunc: tf.KernelFunc): void {
+  const { kernelName, backendName, setupFunc, disposeFunc } = stock;
   // registerKernel would overwrite too, but warns on the console about the duplicate.
-  tf.unregisterKernel(kernelName, "cpu");
-  tf.registerKernel({ kernelName, backendName: "cpu", kernelFunc });
+  tf.unregisterKernel(kernelName, backendName);
+  // The engine runs a kernel's setupFunc when its backend starts; the stock wasm kernels bind
+  // their C functions there, and the fallback to them needs that even if wasm starts after this.
+  tf.registerKernel({ kernelName, backendName, kernelFunc, setupFunc, disposeFunc });
 }
 
 function batchMatMul(
   blas: BlasLibrary,
+  storage: KernelStorage,
   args: KernelArgs,
   stock: tf.KernelFunc,
 ): tf.TensorInfo | tf.TensorInfo[] {
-  const backend = args.backend as CpuBackend;
   const { a, b } = args.inputs;
-  const aValues = float32Values(backend, a);
-  const bValues = float32Values(backend, b);
-  if (a === undefined || b === undefined || aValues === null || bValues === null) {
-    return stock(args);
-  }
+  if (!storage.isFloat32(a) || !storage.isFloat32(b)) return stock(args);
   const transposeA = args.attrs?.transposeA === true;
   const transposeB = args.attrs?.transposeB === true;
   const product = productOf(a.shape, b.shape, transposeA, transposeB);
-  const out = multiply(blas, product, a.shape, aValues, transposeA, b.shape, bValues, transposeB);
-  return backend.makeTensorInfo(outShape(product), "float32", out);
+  return fill(
+    storage.allocate(outShape(product)),
+    (out) => multiply(blas, product, a, transposeA, b, transposeB, out),
+  );
 }
 
 function fusedMatMul(
   blas: BlasLibrary,
+  storage: KernelStorage,
   args: KernelArgs,
   stock: tf.KernelFunc,
 ): tf.TensorInfo | tf.TensorInfo[] {
-  const backend = args.backend as CpuBackend;
   const { a, b, bias, preluActivationWeights: alpha } = args.inputs;
   const activation = String(args.attrs?.activation ?? "linear");
-  const aValues = float32Values(backend, a);
-  const bValues = float32Values(backend, b);
-  const biasValues = float32Values(backend, bias);
-  const alphaValues = float32Values(backend, alpha);
+  const prelu = activation === "prelu";
   if (
-    a === undefined || b === undefined || aValues === null || bValues === null ||
-    !FUSED_ACTIVATIONS.has(activation) ||
-    (bias !== undefined && biasValues === null) ||
-    (activation === "prelu" && (alpha === undefined || alphaValues === null))
+    !storage.isFloat32(a) || !storage.isFloat32(b) || !FUSED_ACTIVATIONS.has(activation) ||
+    (bias !== undefined && !storage.isFloat32(bias)) || (prelu && !storage.isFloat32(alpha))
   ) {
     return stock(args);
   }
@@ -134,31 +163,47 @@ function fusedMatMul(
   const shape = outShape(product);
   if (
     (bias !== undefined && !broadcastsInto(bias.shape, shape)) ||
-    (activation === "prelu" && alpha !== undefined && !broadcastsInto(alpha.shape, shape))
+    (prelu && alpha !== undefined && !broadcastsInto(alpha.shape, shape))
   ) {
     return stock(args);
   }
-  const out = multiply(blas, product, a.shape, aValues, transposeA, b.shape, bValues, transposeB);
-  if (bias !== undefined && biasValues !== null) {
-    forEachRow(shape, bias.shape, (start, from, step, cols) => {
-      for (let j = 0; j < cols; j++) out[start + j] += biasValues[from + j * step];
-    });
-  }
-  if (activation === "prelu" && alpha !== undefined && alphaValues !== null) {
-    forEachRow(shape, alpha.shape, (start, from, step, cols) => {
-      for (let j = 0; j < cols; j++) {
-        const v = out[start + j];
-        if (v < 0) out[start + j] = alphaValues[from + j * step] * v;
-      }
-    });
-  } else {
-    const leakyAlpha = Number(args.attrs?.leakyreluAlpha ?? 0.2);
-    activateInPlace(out, activation, leakyAlpha);
-  }
-  return backend.makeTensorInfo(shape, "float32", out);
+  const leakyAlpha = Number(args.attrs?.leakyreluAlpha ?? 0.2);
+  return fill(storage.allocate(shape), (out) => {
+    multiply(blas, product, a, transposeA, b, transposeB, out);
+    const values = out.values;
+    if (bias !== undefined) {
+      const biasValues = out.read(bias);
+      forEachRow(shape, bias.shape, (start, from, step, cols) => {
+        for (let j = 0; j < cols; j++) values[start + j] += biasValues[from + j * step];
+      });
+    }
+    if (prelu && alpha !== undefined) {
+      const alphaValues = out.read(alpha);
+      forEachRow(shape, alpha.shape, (start, from, step, cols) => {
+        for (let j = 0; j < cols; j++) {
+          const v = values[start + j];
+          if (v < 0) values[start + j] = alphaValues[from + j * step] * v;
+        }
+      });
+    } else {
+      activateInPlace(values, activation, leakyAlpha);
+    }
+  });
 }
 
-// The formulas are the stock cpu kernels' own, so results agree bit for bit after the matmul.
+// Runs `write` on a fresh output and returns it, freeing it instead if `write` throws.
+function fill(out: Allocation, write: (out: Allocation) => void): tf.TensorInfo {
+  try {
+    write(out);
+  } catch (e) {
+    out.release();
+    throw e;
+  }
+  return out.info;
+}
+
+// The formulas are the stock cpu kernels' own, so cpu results agree bit for bit after the matmul;
+// on wasm they run in JS on the heap view, which allocates nothing that could detach it.
 function activateInPlace(out: Float32Array, activation: string, leakyAlpha: number): void {
   switch (activation) {
     case "relu":
@@ -183,17 +228,6 @@ function activateInPlace(out: Float32Array, activation: string, leakyAlpha: numb
       for (let i = 0; i < out.length; i++) out[i] = 1 / (1 + Math.exp(-out[i]));
       break;
   }
-}
-
-// null where the tensor is absent or its data is not float32 in a Float32Array; those cases go to
-// the stock kernel, which knows every dtype.
-function float32Values(
-  backend: CpuBackend,
-  t: tf.TensorInfo | undefined,
-): Float32Array | null {
-  if (t === undefined || t.dtype !== "float32") return null;
-  const values = backend.data.get(t.dataId)?.values;
-  return values instanceof Float32Array ? values : null;
 }
 
 function productOf(
@@ -232,27 +266,33 @@ function outShape(p: Product): number[] {
   return [...p.batchShape, p.m, p.n];
 }
 
+// Writes `op(A) · op(B)` into `out.values`, which holds `batch · m · n` elements.
 function multiply(
   blas: BlasLibrary,
   p: Product,
-  aShape: number[],
-  a: Float32Array,
+  aInfo: tf.TensorInfo,
   transposeA: boolean,
-  bShape: number[],
-  b: Float32Array,
+  bInfo: tf.TensorInfo,
   transposeB: boolean,
-): Float32Array {
+  out: Allocation,
+): void {
   const { m, n, k } = p;
   const batch = sizeOf(p.batchShape);
-  const out = new Float32Array(batch * m * n);
-  // An empty sum is 0, which the fresh array already holds.
-  if (out.length === 0 || k === 0) return out;
-  const aBatchShape = aShape.slice(0, -2);
-  const bBatchShape = bShape.slice(0, -2);
+  const c = out.values;
+  if (c.length === 0) return;
+  if (k === 0) {
+    // An empty sum is 0; a wasm output is fresh malloc'd memory, not zeroed.
+    c.fill(0);
+    return;
+  }
+  const a = out.read(aInfo);
+  const b = out.read(bInfo);
+  const aBatchShape = aInfo.shape.slice(0, -2);
+  const bBatchShape = bInfo.shape.slice(0, -2);
   if (!transposeA && sizeOf(bBatchShape) === 1 && sizeOf(aBatchShape) === batch) {
     // A's batches are contiguous rows sharing one B: a single tall product beats `batch` calls.
-    blas.sgemm({ transA: false, transB: transposeB, m: batch * m, n, k, a, b, c: out });
-    return out;
+    blas.sgemm({ transA: false, transB: transposeB, m: batch * m, n, k, a, b, c });
+    return;
   }
   const aIndex = batchIndex(p.batchShape, aBatchShape);
   const bIndex = batchIndex(p.batchShape, bBatchShape);
@@ -267,11 +307,10 @@ function multiply(
       aOffset: aIndex[i] * m * k,
       b,
       bOffset: bIndex[i] * k * n,
-      c: out,
+      c,
       cOffset: i * m * n,
     });
   }
-  return out;
 }
 
 // For each batch of the broadcast output, the index of the operand's batch that feeds it.
@@ -338,8 +377,4 @@ function forEachRow(
       coord[d] = 0;
     }
   }
-}
-
-function sizeOf(shape: number[]): number {
-  return shape.reduce((acc, d) => acc * d, 1);
 }

@@ -1,6 +1,6 @@
 /**
  * Chooses the TensorFlow.js backend at run time: native TensorFlow where a user has it, WebGPU on
- * a real GPU, then the fastest CPU path (OpenBLAS kernels on tfjs `cpu`, else wasm, else stock cpu).
+ * a real GPU, then the fastest CPU path (tfjs `wasm` with OpenBLAS matrix products, else `cpu`).
  * Nothing else in the project depends on the choice: numeric code reads tensors asynchronously
  * only, so every backend runs the same code.
  *
@@ -10,6 +10,8 @@ import * as tf from "@tensorflow/tfjs";
 import { createRequire } from "node:module";
 import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
+import type { CpuKernelBackend } from "./kernel_storage.ts";
+import { registerTopkReluKernel } from "./topk_relu_kernel.ts";
 
 /** The backends a user can ask for. */
 export const BACKEND_CHOICES = ["auto", "tensorflow", "webgpu", "wasm", "cpu"] as const;
@@ -83,21 +85,20 @@ async function probeWebgpu(allowSoftware: boolean): Promise<Probe> {
   return { ok: true, detail: `webgpu (${name})` };
 }
 
-/** tfjs `cpu`, with its matrix products in OpenBLAS when the library loads. */
-async function probeCpu(): Promise<{ detail: string; skipped?: string }> {
-  await tf.setBackend("cpu");
+/**
+ * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
+ * kernels: matrix products in OpenBLAS when the library loads, and the SAE TopK selection.
+ */
+async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
+  if (name === "wasm") await import("@tensorflow/tfjs-backend-wasm");
+  if (!(await tf.setBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
   // We announce the backend ourselves; tfjs's first-use banner would only advertise tfjs-node.
-  (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  if (name === "cpu") (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  registerTopkReluKernel(name);
   const blas = openBlas();
-  if ("error" in blas) return { detail: "cpu (stock kernels)", skipped: `OpenBLAS: ${blas.error}` };
-  registerBlasKernels(blas);
-  return { detail: `cpu + OpenBLAS (${blas.path})` };
-}
-
-async function probeWasm(): Promise<Probe> {
-  await import("@tensorflow/tfjs-backend-wasm");
-  if (!(await tf.setBackend("wasm"))) return { ok: false, reason: "tfjs wasm failed to start" };
-  return { ok: true, detail: "wasm (SIMD, one thread)" };
+  if ("error" in blas) return { ok: true, detail: `${name} (stock matmul)`, blas: blas.error };
+  registerBlasKernels(blas, name);
+  return { ok: true, detail: `${name} + OpenBLAS (${blas.path})` };
 }
 
 /**
@@ -119,7 +120,8 @@ let selected: SelectedBackend | undefined;
 
 /**
  * Activates a backend. With `auto`: native TensorFlow if tfjs-node(-gpu) loads, then WebGPU on a
- * hardware adapter, then tfjs `cpu` with OpenBLAS kernels, then wasm, then stock `cpu`. A named
+ * hardware adapter, then tfjs `wasm`, then tfjs `cpu` — both with OpenBLAS products when the library
+ * loads. A named
  * backend that cannot run is an error rather than a silent fallback. Selecting twice in one process
  * returns the first selection (tfjs kernels are process-global).
  *
@@ -151,16 +153,15 @@ export async function selectBackend(choice: BackendChoice): Promise<SelectedBack
     const got = attempt("webgpu", await probeWebgpu(choice === "webgpu"));
     if (got) return got;
   }
-  if (choice === "wasm") return attempt("wasm", await probeWasm())!;
-  // auto prefers wasm only when OpenBLAS is missing: BLAS kernels are several times faster.
-  const cpu = await probeCpu();
-  if (cpu.skipped !== undefined && choice === "auto") {
-    skipped.push(`cpu + ${cpu.skipped}`);
-    const wasm = attempt("wasm", await probeWasm());
-    if (wasm) return wasm;
-    await tf.setBackend("cpu");
-  } else if (cpu.skipped !== undefined) skipped.push(cpu.skipped);
-  return (selected = { name: "cpu", detail: cpu.detail, skipped });
+  // wasm before cpu: both get OpenBLAS products, and wasm's elementwise ops are far faster.
+  for (const name of ["wasm", "cpu"] as const) {
+    if (choice !== "auto" && choice !== name) continue;
+    const probe = await probeCpuBackend(name);
+    if (probe.blas !== undefined) skipped.push(`OpenBLAS: ${probe.blas}`);
+    const got = attempt(name, probe);
+    if (got) return got;
+  }
+  throw new BackendError(`Cannot start any backend: ${skipped.join("; ")}`);
 }
 
 /**

@@ -64,6 +64,13 @@ export const MODEL_MANIFEST_RULES: Rules = {
         min: 0,
         exclusiveMin: true,
       },
+      micro_batch: {
+        type: "number",
+        doc: "Sequences per forward/backward pass (memory only; the step is the same)",
+        default: d.microBatch,
+        min: 1,
+        integer: true,
+      },
       eval_every: {
         type: "number",
         doc: "Steps between validation losses",
@@ -149,6 +156,7 @@ export async function loadModelManifest(file: string): Promise<ModelManifest> {
       beta1: t.beta1!,
       beta2: t.beta2!,
       gradClip: t.grad_clip!,
+      microBatch: t.micro_batch!,
       evalEvery: t.eval_every!,
       evalSequences: t.eval_sequences!,
       checkpointEvery: t.checkpoint_every!,

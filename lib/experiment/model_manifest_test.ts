@@ -37,7 +37,8 @@ Deno.test("loadModelManifest() reports every problem with its line, column and f
   const lines = err.message.split("\n").slice(1).map((l) => l.replace(/^.*m\.yaml:/, ""));
   assert.deepEqual(lines, [
     '3:3: train.warmpu: unknown field "warmpu" (did you mean "warmup"?); allowed: steps, batch, ' +
-    "lr, min_lr, warmup, weight_decay, beta1, beta2, grad_clip, eval_every, eval_sequences, " +
+    "lr, min_lr, warmup, weight_decay, beta1, beta2, grad_clip, micro_batch, eval_every, " +
+    "eval_sequences, " +
     "checkpoint_every, log_every",
     "4:3: train.lr: must be > 0, got -1",
     '5:3: train.steps: expected a number, got string "many"',

@@ -6,7 +6,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { BatchLoader, evalBatches } from "../data/batches.ts";
+import { BatchLoader, evalBatches, type TokenBatch } from "../data/batches.ts";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
 import { warmupCosine } from "../optim/schedule.ts";
 import { formatDuration, Progress } from "../util/progress.ts";
@@ -34,6 +34,11 @@ export interface LmTrainConfig {
   beta2: number;
   /** Global gradient-norm limit. @default 1.0 */
   gradClip: number;
+  /**
+   * Sequences per forward/backward pass; a step accumulates `batch / microBatch` of them. Only
+   * memory depends on it (tfjs's wasm backend cannot hold a 128-sequence pass). @default 32
+   */
+  microBatch: number;
   /** Steps between validation-loss evaluations (and at the end). @default 250 */
   evalEvery: number;
   /** Validation sequences per evaluation; 0 means the whole validation split. @default 0 */
@@ -57,6 +62,7 @@ export const LM_TRAIN_DEFAULTS: Readonly<LmTrainConfig> = Object.freeze({
   beta1: 0.9,
   beta2: 0.95,
   gradClip: 1.0,
+  microBatch: 32,
   evalEvery: 250,
   evalSequences: 0,
   checkpointEvery: 500,
@@ -111,8 +117,22 @@ export interface TrainLmOptions {
   log?: (line: string) => void;
 }
 
-/** Whether AdamW decays a parameter: matrices and embeddings yes, biases and gains no. */
-const decays = (_name: string, shape: readonly number[]) => shape.length >= 2;
+/**
+ * The optimizer of language-model training: AdamW that decays matrices and embeddings but not
+ * biases or LayerNorm gains (nanoGPT, the SCALAR reference).
+ *
+ * @param model The model to train.
+ * @param cfg Training settings (betas, weight decay).
+ * @returns The optimizer.
+ */
+export function createLmOptimizer(model: GPT, cfg: LmTrainConfig): AdamW {
+  return new AdamW(model.params, {
+    beta1: cfg.beta1,
+    beta2: cfg.beta2,
+    weightDecay: cfg.weightDecay,
+    decays: (_name, shape) => shape.length >= 2,
+  });
+}
 
 /**
  * Mean cross-entropy of the model over validation windows.
@@ -142,6 +162,53 @@ export async function evaluateLoss(
     loss.dispose();
   }
   return total / windows;
+}
+
+/**
+ * One optimizer step on one batch: forward and backward in micro-batches of at most `microBatch`
+ * sequences (gradients accumulated, weighted by size, so the step equals one full-batch step up
+ * to rounding while memory stays proportional to the micro-batch), then global-norm clipping and
+ * AdamW.
+ *
+ * @param model The model (trainable).
+ * @param optimizer Its optimizer.
+ * @param batch Inputs and next-token targets.
+ * @param lr This step's learning rate.
+ * @param cfg The gradient-norm limit and micro-batch size.
+ * @returns The batch's mean loss before the update (a scalar the caller disposes).
+ */
+export function lmStep(
+  model: GPT,
+  optimizer: AdamW,
+  batch: TokenBatch,
+  lr: number,
+  cfg: Pick<LmTrainConfig, "gradClip" | "microBatch">,
+): tf.Scalar {
+  const [B, T] = batch.shape;
+  const vars = [...model.params.values()];
+  const names = [...model.params.keys()];
+  let loss: tf.Scalar = tf.scalar(0);
+  let sums: tf.Tensor[] = [];
+  for (let start = 0; start < B; start += cfg.microBatch) {
+    const rows = Math.min(cfg.microBatch, B - start);
+    const weight = rows / B;
+    const part = tf.tidy(() => {
+      const span = (a: Int32Array) => a.subarray(start * T, (start + rows) * T);
+      const x = tf.tensor2d(span(batch.inputs), [rows, T], "int32");
+      const y = tf.tensor2d(span(batch.targets), [rows, T], "int32");
+      const { value, grads } = tf.variableGrads(() => crossEntropy(model.forward(x), y), vars);
+      const scaled = vars.map((v, i) => grads[v.name]!.mul(weight).add(sums[i] ?? 0));
+      return [value.mul(weight).add(loss), ...scaled];
+    });
+    tf.dispose([loss, ...sums]);
+    [loss, ...sums] = part as [tf.Scalar, ...tf.Tensor[]];
+  }
+  tf.tidy(() => {
+    const clipped = clipGlobalNorm(new Map(names.map((n, i) => [n, sums[i]!])), cfg.gradClip);
+    optimizer.update(clipped.grads, lr);
+  });
+  tf.dispose(sums);
+  return loss;
 }
 
 /**
@@ -203,12 +270,7 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
   } else {
     model = GPT.init(opts.model, cfg.seed);
   }
-  const optimizer = new AdamW(model.params, {
-    beta1: cfg.beta1,
-    beta2: cfg.beta2,
-    weightDecay: cfg.weightDecay,
-    decays,
-  });
+  const optimizer = createLmOptimizer(model, cfg);
   if (resumeState) optimizer.load(resumeState);
   const loader = new BatchLoader(tokens.train, { batchSize: cfg.batch, seqLen: T, cursor });
   const tokensPerStep = cfg.batch * T;
@@ -237,20 +299,10 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
   const progress = new Progress(cfg.steps, start, tokensPerStep, "tok", log);
   const began = performance.now();
   let interrupted = false, step = start;
-  const vars = [...model.params.values()];
-  const names = [...model.params.keys()];
   while (step < cfg.steps) {
     const lr = warmupCosine(cfg, step);
     const batch = loader.next();
-    const loss = tf.tidy(() => {
-      const x = tf.tensor2d(batch.inputs, batch.shape as [number, number], "int32");
-      const y = tf.tensor2d(batch.targets, batch.shape as [number, number], "int32");
-      const { value, grads } = tf.variableGrads(() => crossEntropy(model.forward(x), y), vars);
-      const named = new Map(names.map((n, i) => [n, grads[vars[i]!.name]!]));
-      const clipped = clipGlobalNorm(named, cfg.gradClip);
-      optimizer.update(clipped.grads, lr);
-      return value;
-    });
+    const loss = lmStep(model, optimizer, batch, lr, cfg);
     step++;
     // Reading the loss synchronises with the device, so it happens only at log points.
     const logNow = step % cfg.logEvery === 0 || step === cfg.steps;
@@ -266,7 +318,7 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
     }
     loss.dispose();
     if (evalNow) {
-      const valLoss = await evaluateLoss(model, tokens.val, cfg.evalSequences, cfg.batch);
+      const valLoss = await evaluateLoss(model, tokens.val, cfg.evalSequences, cfg.microBatch);
       history.push({ step, trainLoss: lossSum / lossCount, valLoss });
       lossSum = lossCount = 0;
       log(`step ${step}: val loss ${valLoss.toFixed(4)}`);

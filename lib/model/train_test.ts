@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
-import { type GPTConfig } from "./gpt.ts";
-import { LM_TRAIN_DEFAULTS, trainLm, type TrainLmOptions } from "./train.ts";
+import { GPT, type GPTConfig } from "./gpt.ts";
+import {
+  createLmOptimizer,
+  LM_TRAIN_DEFAULTS,
+  lmStep,
+  trainLm,
+  type TrainLmOptions,
+} from "./train.ts";
 import { loadCheckpoint } from "./checkpoint.ts";
 
 const TINY: GPTConfig = {
@@ -79,4 +85,22 @@ Deno.test("trainLm() stops with the step named when the loss diverges", async ()
   o.train = { ...o.train, lr: 1e30, gradClip: 1e30, warmup: 1 };
   await assert.rejects(trainLm(o), /Cannot train: the loss became (NaN|Infinity) at step \d+/);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("lmStep() in micro-batches equals one full-batch step", async () => {
+  const batch = { inputs: stream(32), targets: stream(33).subarray(1), shape: [4, 8] as const };
+  const results = [];
+  for (const microBatch of [4, 3, 1]) {
+    const model = GPT.init(TINY, 5);
+    const optimizer = createLmOptimizer(model, LM_TRAIN_DEFAULTS);
+    const loss = lmStep(model, optimizer, batch, 1e-2, { gradClip: 1, microBatch });
+    results.push({ loss: (await loss.data())[0]!, params: await model.parameterValues() });
+  }
+  for (const r of results.slice(1)) {
+    assert.ok(Math.abs(r.loss - results[0]!.loss) < 1e-6);
+    for (const [name, v] of results[0]!.params) {
+      const w = r.params.get(name)!;
+      v.forEach((x, i) => assert.ok(Math.abs(x - w[i]!) < 1e-6, name));
+    }
+  }
 });

@@ -1,0 +1,248 @@
+#!/usr/bin/python3
+"""PyTorch peer of `deno task bench`: times the same training steps on CPU.
+
+Cases (shapes from SPEC.md §2 and §4):
+  sae_topk_step   one TopK SAE step on x[16384, 64] (seeded standard normal), 512 features, k = 10:
+                  f = topk-scatter(relu((x - b_dec) @ W_enc + b_enc)), x_hat = f @ W_dec + b_dec,
+                  loss = ((x_hat - x)^2).sum(-1).mean(), backward, Adam(lr 1e-3) step, zero_grad.
+  gpt_train_step  one step of the toy GPT `shakespeare_64x4` on batch x 128 seeded random tokens:
+                  cross-entropy, backward, grad clipping to 1.0, AdamW(1e-3, (0.9, 0.95), wd 0.1).
+
+Each case warms up for 3 steps, then times --reps steps with time.perf_counter and reports the
+median and the minimum in ms. Thread count is torch's default unless --threads is given.
+
+Usage: /usr/bin/python3 tests/bench/peer_torch.py [--case sae|gpt|all] [--reps 10] [--batch 32]
+                                                 [--threads N] [--json]
+Exits 3 (peer skipped) when torch cannot be imported.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+WARMUP_STEPS = 3
+SEED = 0
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError as err:
+        print(f"peer_torch: PyTorch not available ({err}); peer skipped", file=sys.stderr)
+        sys.exit(3)
+    return torch
+
+
+torch = import_torch()
+nn = torch.nn
+F = nn.functional
+
+
+def time_steps(step, reps):
+    """Runs `step` WARMUP_STEPS times untimed, then `reps` times; returns (median_ms, min_ms)."""
+    for _ in range(WARMUP_STEPS):
+        step()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), min(times)
+
+
+# ---------------------------------------------------------------- TopK SAE
+
+
+class TopKSAE(nn.Module):
+    def __init__(self, d_in, n_features, k):
+        super().__init__()
+        self.k = k
+        w_dec = torch.empty(n_features, d_in)
+        nn.init.kaiming_uniform_(w_dec)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(n_features))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def forward(self, x):
+        pre = F.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        f = torch.zeros_like(pre).scatter(-1, indices, values)
+        return f @ self.W_dec + self.b_dec
+
+
+def sae_step_fn(tokens=16384, d_in=64, n_features=512, k=10):
+    torch.manual_seed(SEED)
+    x = torch.randn(tokens, d_in)
+    sae = TopKSAE(d_in, n_features, k)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+
+    def step():
+        loss = ((sae(x) - x) ** 2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    detail = f"x[{tokens},{d_in}] -> {n_features}, k={k}, topk+scatter, dense decode, Adam"
+    return step, detail
+
+
+# ---------------------------------------------------------------- toy GPT
+
+
+class Block(nn.Module):
+    def __init__(self, d, n_head, d_mlp, attention):
+        super().__init__()
+        self.n_head = n_head
+        self.attention = attention
+        self.ln_1 = nn.LayerNorm(d, eps=1e-5)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.ln_2 = nn.LayerNorm(d, eps=1e-5)
+        self.mlp_in = nn.Linear(d, d_mlp)
+        self.mlp_out = nn.Linear(d_mlp, d)
+
+    def attend(self, x):
+        b, t, d = x.shape
+        q, k, v = (
+            z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+            for z in self.qkv(x).split(d, dim=-1)
+        )
+        y = self.attention(q, k, v)
+        return self.attn_out(y.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x):
+        x = x + self.attend(self.ln_1(x))
+        return x + self.mlp_out(F.gelu(self.mlp_in(self.ln_2(x)), approximate="tanh"))
+
+
+def explicit_attention(q, k, v):
+    t = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+    return scores.masked_fill(causal, float("-inf")).softmax(-1) @ v
+
+
+def sdpa_attention(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class ToyGPT(nn.Module):
+    def __init__(self, attention, vocab=128, ctx=128, d=64, n_layer=4, n_head=4, d_mlp=256):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList(Block(d, n_head, d_mlp, attention) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d, eps=1e-5)
+        self.init_weights(n_layer)
+
+    def init_weights(self, n_layer):
+        """N(0, 0.02) weights, zero biases; residual projections scaled by (2 n_layer)^-0.5."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for proj in (block.attn_out, block.mlp_out):
+                nn.init.normal_(proj.weight, 0.0, 0.02 * (2 * n_layer) ** -0.5)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1])
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.t()  # tied LM head
+
+
+def gpt_step_fn(batch, attention, ctx=128, vocab=128):
+    torch.manual_seed(SEED)
+    model = ToyGPT(attention, vocab=vocab, ctx=ctx)
+    data = torch.randint(0, vocab, (batch, ctx + 1))
+    inputs, targets = data[:, :-1], data[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def step():
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    return step, f"{n_params} params, batch {batch}x{ctx}, AdamW, clip 1.0"
+
+
+def bench_gpt(batch, reps):
+    """Times explicit attention and, when this torch has it, SDPA; returns the faster."""
+    variants = {"explicit softmax attention": explicit_attention}
+    if hasattr(F, "scaled_dot_product_attention"):
+        variants["F.scaled_dot_product_attention"] = sdpa_attention
+    results = []
+    for label, attention in variants.items():
+        step, detail = gpt_step_fn(batch, attention)
+        median, fastest = time_steps(step, reps)
+        results.append((median, fastest, label, detail))
+    median, fastest, label, detail = min(results)
+    if len(results) == 1:
+        note = f"no F.scaled_dot_product_attention in torch {torch.__version__}"
+    else:
+        note = "faster of " + ", ".join(f"{lab} {med:.1f} ms" for med, _, lab, _ in results)
+    return median, fastest, f"{detail}, {label} ({note})"
+
+
+def bench_sae(reps):
+    step, detail = sae_step_fn()
+    median, fastest = time_steps(step, reps)
+    return median, fastest, detail
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=["sae", "gpt", "all"], default="all")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=32, help="GPT batch size (sequences)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args()
+    for name in ("reps", "batch", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be a positive integer, got {value}")
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cases = {
+        "sae_topk_step": lambda: bench_sae(args.reps),
+        "gpt_train_step": lambda: bench_gpt(args.batch, args.reps),
+    }
+    if args.case != "all":
+        cases = {k: v for k, v in cases.items() if k.startswith(args.case)}
+    threads = torch.get_num_threads()
+    if not args.json:
+        print(f"torch {torch.__version__}, {threads} thread(s), "
+              f"{args.reps} reps after {WARMUP_STEPS} warm-up")
+        print(f"{'case':<16} {'median ms':>10} {'min ms':>10}  detail")
+    for name, run in cases.items():
+        median, fastest, detail = run()
+        if args.json:
+            record = {"name": name, "peer_ms": round(median, 3), "peer_min_ms": round(fastest, 3),
+                      "threads": threads, "torch": torch.__version__, "detail": detail}
+            print(json.dumps(record), flush=True)
+        else:
+            print(f"{name:<16} {median:>10.1f} {fastest:>10.1f}  {detail}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
