@@ -11,6 +11,7 @@ import { createRequire } from "node:module";
 import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
+import { registerReduceKernels } from "./reduce_kernels.ts";
 import { registerTopkReluKernel } from "./topk_relu_kernel.ts";
 
 /** The backends a user can ask for. */
@@ -86,15 +87,29 @@ async function probeWebgpu(allowSoftware: boolean): Promise<Probe> {
 }
 
 /**
- * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
- * kernels: matrix products in OpenBLAS when the library loads, and the SAE TopK selection.
+ * Activates a CPU backend as tfjs ships it, without the project's kernels (the benchmark's
+ * baseline; {@link selectBackend} adds the kernels on top).
+ *
+ * @param name `wasm` or `cpu`.
+ * @returns Whether the backend started.
  */
-async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
+export async function useStockBackend(name: CpuKernelBackend): Promise<boolean> {
   if (name === "wasm") await import("@tensorflow/tfjs-backend-wasm");
-  if (!(await tf.setBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
+  if (!(await tf.setBackend(name))) return false;
   // We announce the backend ourselves; tfjs's first-use banner would only advertise tfjs-node.
   if (name === "cpu") (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  return true;
+}
+
+/**
+ * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
+ * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes, and
+ * the SAE TopK selection.
+ */
+async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
+  if (!(await useStockBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
   registerTopkReluKernel(name);
+  registerReduceKernels(name);
   const blas = openBlas();
   if ("error" in blas) return { ok: true, detail: `${name} (stock matmul)`, blas: blas.error };
   registerBlasKernels(blas, name);

@@ -63,13 +63,17 @@ export function topkReluRows(
       hi[j] = j;
     }
     for (let j = (k >> 1) - 1; j >= 0; j--) siftDown(j, k);
+    // The root is ≥ 0 (values enter as max(0, x)), so beating it implies being positive: the hot
+    // loop needs one comparison per entry and no ReLU.
+    let least = hv[0]!;
     for (let j = k; j < cols; j++) {
-      const v = Math.max(0, x[base + j]!);
+      const v = x[base + j]!;
       // Strictly greater: an equal value at a higher index loses the tie.
-      if (v > hv[0]!) {
+      if (v > least) {
         hv[0] = v;
         hi[0] = j;
         siftDown(0, k);
+        least = hv[0]!;
       }
     }
     for (let j = 0; j < k; j++) out[base + hi[j]!] = hv[j]!;

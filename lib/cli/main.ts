@@ -12,6 +12,7 @@ import { SafetensorsError } from "../model/safetensors.ts";
 import { DivergenceError } from "../model/train.ts";
 import { type Command, UsageError } from "./args.ts";
 import { trainModelCommand } from "./train_model.ts";
+import { benchCommand } from "./bench.ts";
 
 /** A command that a later part of the project provides. */
 function notYet(summary: string, what: string): Command {
@@ -32,7 +33,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   plan: notYet("list an experiment manifest's runs and their status", "the experiment runner"),
   report: notYet("print mean ± std tables of stored results", "the results store"),
   query: notYet("run SQL over stored results", "the results store"),
-  bench: notYet("time training steps against a PyTorch peer", "the benchmark"),
+  bench: benchCommand,
 };
 
 const USAGE =

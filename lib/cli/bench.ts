@@ -1,0 +1,195 @@
+/**
+ * `bench`: times the project's training steps against a PyTorch peer and against stock tfjs, all
+ * in one run on the same machine, and prints ratios (never absolute targets: machines differ).
+ *
+ * Each configuration runs in its own child process, because tfjs kernels are process-global and a
+ * configuration's memory should not linger into the next.
+ *
+ * @module
+ */
+import { describeBackend, selectBackend, useStockBackend } from "../backend/select.ts";
+import { type BenchCase, gptTrainStep, saeTopkStep, timeCase } from "../bench/cases.ts";
+import { type Command, parseCommandArgs, UsageError } from "./args.ts";
+
+/** One timed row. */
+interface Timing {
+  name: string;
+  config: string;
+  ms: number;
+  detail: string;
+}
+
+/** One output row: ours against the peer. */
+export interface BenchRow {
+  /** Case name (and the configuration, for stock baselines). */
+  name: string;
+  /** Our median step time. */
+  ours_ms: number;
+  /** The PyTorch peer's median step time on the same shapes, or null when it could not run. */
+  peer_ms: number | null;
+  /** peer_ms / ours_ms: above 1 means we are faster. */
+  ratio: number | null;
+  /** What ran. */
+  backend: string;
+}
+
+const CONFIGS = {
+  ours: { cases: [saeTopkStep, gptTrainStep], label: "" },
+  "stock-cpu": { cases: [saeTopkStep], label: " (stock tfjs cpu)" },
+  "stock-wasm": { cases: [saeTopkStep], label: " (stock tfjs wasm)" },
+} as const;
+type Config = keyof typeof CONFIGS;
+
+/** Runs one configuration in this process and prints its timings as JSON lines. */
+async function runConfig(config: Config, reps: number): Promise<void> {
+  let backend: string;
+  if (config === "ours") {
+    const selected = await selectBackend("auto");
+    console.error(describeBackend(selected));
+    backend = selected.detail;
+  } else {
+    // Stock tfjs: the backend as tfjs ships it, none of the project's kernels registered.
+    const name = config === "stock-cpu" ? "cpu" : "wasm";
+    await useStockBackend(name);
+    backend = `${name} (stock tfjs)`;
+  }
+  for (const make of CONFIGS[config].cases) {
+    const c: BenchCase = make(0);
+    const { medianMs } = await timeCase(c, reps);
+    c.dispose();
+    const row: Timing = { name: c.name, config, ms: medianMs, detail: `${c.detail}; ${backend}` };
+    console.log(JSON.stringify(row));
+  }
+}
+
+async function childTimings(config: Config, reps: number): Promise<Timing[]> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../../main.ts", import.meta.url).pathname,
+      "bench",
+      "--only",
+      config,
+      "--reps",
+      String(reps),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`Cannot time configuration "${config}": its process failed`);
+  return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+/** Finds a Python with PyTorch: `python3` on PATH, then Debian's. */
+async function peerPython(): Promise<string | undefined> {
+  for (const python of ["python3", "/usr/bin/python3"]) {
+    try {
+      const probe = await new Deno.Command(python, { args: ["-c", "import torch"], stderr: "null" })
+        .output();
+      if (probe.success) return python;
+    } catch {
+      // Not installed under this name.
+    }
+  }
+  return undefined;
+}
+
+async function peerTimings(reps: number): Promise<Map<string, number>> {
+  const python = await peerPython();
+  const script = new URL("../../tests/bench/peer_torch.py", import.meta.url).pathname;
+  if (python === undefined) {
+    console.error("peer skipped: no python3 with PyTorch (Debian: apt-get install python3-torch)");
+    return new Map();
+  }
+  const out = await new Deno.Command(python, {
+    args: [script, "--json", "--reps", String(reps)],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) {
+    console.error(`peer skipped: ${script} exited with ${out.code}`);
+    return new Map();
+  }
+  const rows = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+  return new Map(rows.map((r: { name: string; peer_ms: number }) => [r.name, r.peer_ms]));
+}
+
+/** The `bench` command. */
+export const benchCommand: Command = {
+  summary: "time SAE and GPT training steps against PyTorch and stock tfjs (ratios)",
+  help: `Usage: deno task bench [--json] [--reps N]
+
+Times, in one run on this machine: (a) a TopK SAE training step (16,384 tokens × d 64 → 512
+features, k 10, AdamW), (b) a toy-GPT training step (32 × 128 tokens), (c) stock tfjs cpu and
+wasm on (a), and the PyTorch peer (tests/bench/peer_torch.py, when python3 has torch) on (a) and
+(b). Prints median step times and ratio = peer_ms / ours_ms (above 1: we are faster).
+
+Options:
+  --json     one JSON object per row: name, ours_ms, peer_ms, ratio, backend
+  --reps N   timed steps per case after warm-up (default 5)
+  -h, --help show this help`,
+  async run(args) {
+    const { values } = parseCommandArgs(args, {
+      json: { type: "boolean" },
+      reps: { type: "string" },
+      only: { type: "string" },
+    });
+    const reps = Number(values.reps ?? 5);
+    if (!Number.isInteger(reps) || reps < 1) {
+      throw new UsageError(`--reps must be ≥ 1, got "${values.reps}"`);
+    }
+    if (values.only !== undefined) {
+      if (!(values.only in CONFIGS)) throw new UsageError(`unknown configuration "${values.only}"`);
+      await runConfig(values.only as Config, reps);
+      return 0;
+    }
+    const timings: Timing[] = [];
+    for (const config of Object.keys(CONFIGS) as Config[]) {
+      console.error(`timing ${config}…`);
+      timings.push(...await childTimings(config, reps));
+    }
+    console.error("timing the PyTorch peer…");
+    const peer = await peerTimings(reps);
+    const rows: BenchRow[] = timings.map((t) => {
+      const peerMs = peer.get(t.name) ?? null;
+      return {
+        name: t.name + CONFIGS[t.config as Config].label,
+        ours_ms: round(t.ms),
+        peer_ms: peerMs === null ? null : round(peerMs),
+        ratio: peerMs === null ? null : round(peerMs / t.ms, 3),
+        backend: t.detail,
+      };
+    });
+    if (values.json) {
+      for (const r of rows) console.log(JSON.stringify(r));
+      return 0;
+    }
+    const width = Math.max(...rows.map((r) => r.name.length));
+    console.log(
+      `${"case".padEnd(width)}  ${"ours ms".padStart(9)}  ${"peer ms".padStart(9)}  ratio`,
+    );
+    for (const r of rows) {
+      console.log(
+        `${r.name.padEnd(width)}  ${r.ours_ms.toFixed(1).padStart(9)}  ${
+          (r.peer_ms?.toFixed(1) ?? "–").padStart(9)
+        }  ${r.ratio?.toFixed(2) ?? "–"}`,
+      );
+    }
+    const ours = timings.find((t) => t.config === "ours" && t.name === "sae_topk_step")!;
+    const stock = timings.filter((t) => t.config !== "ours");
+    console.log(
+      `speed-up of ours over stock tfjs on sae_topk_step: ` +
+        stock.map((t) => `${t.config.replace("stock-", "")} ${(t.ms / ours.ms).toFixed(1)}×`).join(
+          ", ",
+        ),
+    );
+    console.log(`ours: ${ours.detail}`);
+    return 0;
+  },
+};
+
+function round(x: number, digits = 1): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
