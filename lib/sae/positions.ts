@@ -1,0 +1,86 @@
+/**
+ * Where SAEs sit in a GPT (SPEC §3). A position names the hooks that get an SAE and the adjacent
+ * pairs SCALAR connects; every SAE is keyed by its hook name, so one mechanism serves the toy model
+ * and GPT-2.
+ *
+ * | position    | pairs per layer i                                   | between a pair          |
+ * | ----------- | --------------------------------------------------- | ----------------------- |
+ * | `mlp`       | `blocks.i.hook_mlp_in` → `blocks.i.hook_mlp_out`    | the MLP alone           |
+ * | `mlp-block` | `blocks.i.hook_resid_mid` → `blocks.i.hook_resid_post` | ln_2 + MLP + skip    |
+ * | `block`     | `blocks.i.hook_resid_pre` → `blocks.(i+1).hook_resid_pre` (last: `hook_resid_post`) | a whole block |
+ *
+ * @module
+ */
+
+/** The SAE positions of the paper. */
+export const POSITIONS = ["mlp", "mlp-block", "block"] as const;
+
+/** An SAE position. */
+export type Position = typeof POSITIONS[number];
+
+/** One upstream → downstream SAE pair. */
+export interface SaePair {
+  /** Hook of the upstream SAE. */
+  up: string;
+  /** Hook of the downstream SAE. */
+  down: string;
+  /** The layer the pair spans. */
+  layer: number;
+}
+
+/** The SAEs of one position in one model. */
+export interface PositionLayout {
+  /** The position. */
+  position: Position;
+  /** Every hook that gets an SAE, in forward order. */
+  hooks: string[];
+  /** Adjacent pairs, one per layer. */
+  pairs: SaePair[];
+  /**
+   * Groups of hooks that share one Staircase dictionary, each in forward order: one group per
+   * layer's pair at `mlp` and `mlp-block`, one chain of all n_layer + 1 hooks at `block`.
+   */
+  chains: string[][];
+}
+
+/**
+ * Lays out the SAEs of a position in a model with `nLayer` blocks.
+ *
+ * @param position Where the SAEs sit.
+ * @param nLayer Number of transformer blocks.
+ * @returns Hooks, pairs and Staircase chains.
+ *
+ * @example
+ * ```ts
+ * import { layoutPosition } from "./positions.ts";
+ * const l = layoutPosition("block", 2);
+ * if (l.hooks.join() !== "blocks.0.hook_resid_pre,blocks.1.hook_resid_pre,blocks.1.hook_resid_post") {
+ *   throw new Error(l.hooks.join());
+ * }
+ * ```
+ */
+export function layoutPosition(position: Position, nLayer: number): PositionLayout {
+  const layers = Array.from({ length: nLayer }, (_, i) => i);
+  if (position === "block") {
+    const hooks = [
+      ...layers.map((i) => `blocks.${i}.hook_resid_pre`),
+      `blocks.${nLayer - 1}.hook_resid_post`,
+    ];
+    const pairs = layers.map((i) => ({ up: hooks[i]!, down: hooks[i + 1]!, layer: i }));
+    return { position, hooks, pairs, chains: [hooks] };
+  }
+  const [upHook, downHook] = position === "mlp"
+    ? ["hook_mlp_in", "hook_mlp_out"]
+    : ["hook_resid_mid", "hook_resid_post"];
+  const pairs = layers.map((i) => ({
+    up: `blocks.${i}.${upHook}`,
+    down: `blocks.${i}.${downHook}`,
+    layer: i,
+  }));
+  return {
+    position,
+    hooks: pairs.flatMap((p) => [p.up, p.down]),
+    pairs,
+    chains: pairs.map((p) => [p.up, p.down]),
+  };
+}
