@@ -9,7 +9,7 @@ import { CorpusError } from "../data/corpus.ts";
 import { ManifestError } from "../experiment/manifest_source.ts";
 import { CheckpointError } from "../model/checkpoint.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
-import { DivergenceError } from "../model/train.ts";
+import { DivergenceError } from "../optim/training_loop.ts";
 import { type Command, UsageError } from "./args.ts";
 import { trainModelCommand } from "./train_model.ts";
 import { benchCommand } from "./bench.ts";

@@ -9,8 +9,9 @@ import * as tf from "@tensorflow/tfjs";
 import { BatchLoader, evalBatches, type TokenBatch } from "../data/batches.ts";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
 import { warmupCosine } from "../optim/schedule.ts";
-import { formatDuration, Progress } from "../util/progress.ts";
-import { CheckpointError, hasCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { saveCheckpoint } from "./checkpoint.ts";
+import { runTrainingLoop } from "../optim/training_loop.ts";
+import { runState } from "../optim/resume.ts";
 import { crossEntropy, GPT, type GPTConfig } from "./gpt.ts";
 import { type GptCheckpointConfig, gptTensors, readGptCheckpoint } from "./gpt_checkpoint.ts";
 
@@ -92,11 +93,6 @@ export interface LmTrainResult {
   tokensPerSecond: number;
   /** Wall time of this invocation, in seconds. */
   seconds: number;
-}
-
-/** Thrown when the loss stops being a finite number. */
-export class DivergenceError extends Error {
-  override name = "DivergenceError";
 }
 
 /** Inputs of {@link trainLm}. */
@@ -223,122 +219,85 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
   const { train: cfg, tokens, outDir } = opts;
   const log = opts.log ?? ((line: string) => console.error(line));
   const T = opts.model.nCtx;
-  const runConfig = { format: "scalar-lab/gpt", model: opts.model, ...opts.provenance, train: cfg };
+  const run = await runState(outDir, "train", cfg);
+  if (run.kind === "finished") {
+    log(`"${outDir}" already holds the finished model; nothing to do`);
+    const history = (run.checkpoint.config as { history?: EvalPoint[] }).history ?? [];
+    return { step: cfg.steps, interrupted: false, history, tokensPerSecond: NaN, seconds: 0 };
+  }
 
-  let model: GPT;
-  let start = 0;
-  let cursor = 0;
-  let history: EvalPoint[] = [];
+  let model: GPT, start = 0, cursor = 0, history: EvalPoint[] = [];
   // The training loss averaged between evaluations; saved so that a resumed run reports the same.
   let lossSum = 0, lossCount = 0;
-  let resumeState: Awaited<ReturnType<AdamW["state"]>> | undefined;
-  if (await hasCheckpoint(outDir)) {
-    const saved = await loadCheckpoint(outDir);
-    const { values } = readGptCheckpoint(outDir, saved);
-    const savedConfig = saved.config as { train?: unknown; history?: EvalPoint[] };
-    if (JSON.stringify(savedConfig.train) !== JSON.stringify(cfg)) {
-      throw new CheckpointError(
-        outDir,
-        `Cannot resume "${outDir}": it holds a model trained with other settings; ` +
-          `choose another output folder or delete it`,
-      );
-    }
-    if (saved.state === undefined) {
-      log(`"${outDir}" already holds the finished model; nothing to do`);
-      return {
-        step: cfg.steps,
-        interrupted: false,
-        history: savedConfig.history ?? [],
-        tokensPerSecond: NaN,
-        seconds: 0,
-      };
-    }
-    const state = saved.state.json as {
+  if (run.kind === "resume") {
+    const { values } = readGptCheckpoint(outDir, run.checkpoint);
+    model = new GPT(opts.model, values, true);
+    const state = run.checkpoint.state.json as {
       step: number;
       cursor: number;
       history: EvalPoint[];
       lossSum: number;
       lossCount: number;
     };
-    model = new GPT(opts.model, values, true);
     ({ step: start, cursor, history, lossSum, lossCount } = state);
-    resumeState = {
-      step: state.step,
-      tensors: new Map(Object.entries(saved.state.tensors)),
-    };
     log(`resuming "${outDir}" at step ${start}`);
   } else {
     model = GPT.init(opts.model, cfg.seed);
   }
   const optimizer = createLmOptimizer(model, cfg);
-  if (resumeState) optimizer.load(resumeState);
+  if (run.kind === "resume") {
+    optimizer.load({ step: start, tensors: new Map(Object.entries(run.checkpoint.state.tensors)) });
+  }
   const loader = new BatchLoader(tokens.train, { batchSize: cfg.batch, seqLen: T, cursor });
   const tokensPerStep = cfg.batch * T;
   log(
     `training ${opts.model.nLayer}-layer GPT (d_model ${opts.model.dModel}) for ${cfg.steps} steps` +
       ` × ${tokensPerStep} tokens (${
         (cfg.steps * tokensPerStep / tokens.train.length).toFixed(1)
-      }` +
-      ` epochs of ${tokens.train.length} tokens) → ${outDir}`,
+      } epochs of ${tokens.train.length} tokens) → ${outDir}`,
   );
 
-  const save = async (step: number, finished: boolean) => {
-    const values = await model.parameterValues();
-    const moments = await optimizer.state();
-    await saveCheckpoint(outDir, {
-      config: { ...runConfig, step, history },
-      params: gptTensors(opts.model, values),
-      // A finished run keeps no optimizer state: it is a model, not a run to resume.
-      state: finished ? undefined : {
-        json: { step, cursor: loader.cursor, history, lossSum, lossCount },
-        tensors: Object.fromEntries(moments.tensors),
-      },
-    });
-  };
-
-  const progress = new Progress(cfg.steps, start, tokensPerStep, "tok", log);
-  const began = performance.now();
-  let interrupted = false, step = start;
-  while (step < cfg.steps) {
-    const lr = warmupCosine(cfg, step);
-    const batch = loader.next();
-    const loss = lmStep(model, optimizer, batch, lr, cfg);
-    step++;
-    // Reading the loss synchronises with the device, so it happens only at log points.
-    const logNow = step % cfg.logEvery === 0 || step === cfg.steps;
-    const evalNow = step % cfg.evalEvery === 0 || step === cfg.steps;
-    if (logNow || evalNow) {
-      const value = (await loss.data())[0]!;
-      if (!Number.isFinite(value)) {
-        throw new DivergenceError(`Cannot train: the loss became ${value} at step ${step}`);
-      }
-      lossSum += value;
+  const result = await runTrainingLoop({
+    schedule: cfg,
+    start,
+    tokensPerStep,
+    components: ["the model"],
+    step: (step) => lmStep(model, optimizer, loader.next(), warmupCosine(cfg, step), cfg),
+    report(step, [loss]) {
+      lossSum += loss!;
       lossCount++;
-      if (logNow) progress.report(step, `loss ${value.toFixed(4)} | lr ${lr.toExponential(2)}`);
-    }
-    loss.dispose();
-    if (evalNow) {
+      return `loss ${loss!.toFixed(4)} | lr ${warmupCosine(cfg, step - 1).toExponential(2)}`;
+    },
+    async evaluate(step) {
       const valLoss = await evaluateLoss(model, tokens.val, cfg.evalSequences, cfg.microBatch);
       history.push({ step, trainLoss: lossSum / lossCount, valLoss });
       lossSum = lossCount = 0;
       log(`step ${step}: val loss ${valLoss.toFixed(4)}`);
-    }
-    interrupted = opts.signal?.aborted === true && step < cfg.steps;
-    if (step === cfg.steps || interrupted || step % cfg.checkpointEvery === 0) {
-      await save(step, step === cfg.steps);
-    }
-    if (interrupted) break;
-  }
-  const seconds = (performance.now() - began) / 1000;
-  const tokensPerSecond = ((step - start) * tokensPerStep) / seconds;
-  log(
-    interrupted
-      ? `interrupted at step ${step}; run the same command again to resume`
-      : `done: ${step} steps in ${formatDuration(seconds)}, val loss ${
-        history.at(-1)?.valLoss.toFixed(4) ?? "?"
-      }`,
-  );
+    },
+    async save(step, finished) {
+      const values = await model.parameterValues();
+      const moments = await optimizer.state();
+      await saveCheckpoint(outDir, {
+        config: {
+          format: "scalar-lab/gpt",
+          model: opts.model,
+          ...opts.provenance,
+          train: cfg,
+          step,
+          history,
+        },
+        params: gptTensors(opts.model, values),
+        // A finished run keeps no optimizer state: it is a model, not a run to resume.
+        state: finished ? undefined : {
+          json: { step, cursor: loader.cursor, history, lossSum, lossCount },
+          tensors: Object.fromEntries(moments.tensors),
+        },
+      });
+    },
+    signal: opts.signal,
+    log,
+  });
   optimizer.dispose();
   model.dispose();
-  return { step, interrupted, history, tokensPerSecond, seconds };
+  return { ...result, history };
 }

@@ -75,7 +75,7 @@ Deno.test("trainLm() interrupted and resumed ends bit-exact with an uninterrupte
   // Other settings in the same folder are refused rather than silently mixed.
   const other = options(`${dir}/resumed`);
   other.train = { ...other.train, lr: 0.5 };
-  await assert.rejects(trainLm(other), /trained with other settings/);
+  await assert.rejects(trainLm(other), /holds a run with other settings/);
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -83,7 +83,10 @@ Deno.test("trainLm() stops with the step named when the loss diverges", async ()
   const dir = await Deno.makeTempDir();
   const o = options(`${dir}/m`);
   o.train = { ...o.train, lr: 1e30, gradClip: 1e30, warmup: 1 };
-  await assert.rejects(trainLm(o), /Cannot train: the loss became (NaN|Infinity) at step \d+/);
+  await assert.rejects(
+    trainLm(o),
+    /Cannot train: the loss of the model became (NaN|Infinity) at step \d+/,
+  );
   await Deno.remove(dir, { recursive: true });
 });
 

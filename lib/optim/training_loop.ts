@@ -1,0 +1,113 @@
+/**
+ * The loop both trainers (the GPT's and the SAEs') share: steps, progress lines, divergence
+ * detection, periodic evaluation and checkpoints, and a clean stop on request. What a step does,
+ * what is evaluated and what a checkpoint holds are the caller's.
+ *
+ * @module
+ */
+import type * as tf from "@tensorflow/tfjs";
+import { formatDuration, Progress } from "../util/progress.ts";
+
+/** When the loop reports, evaluates and saves. */
+export interface LoopSchedule {
+  /** Total steps. */
+  steps: number;
+  /** Steps between progress lines (and divergence checks). */
+  logEvery: number;
+  /** Steps between evaluations (and at the end). */
+  evalEvery: number;
+  /** Steps between checkpoints (and at the end). */
+  checkpointEvery: number;
+}
+
+/** Inputs of {@link runTrainingLoop}. */
+export interface TrainingLoopOptions {
+  /** When to report, evaluate and save. */
+  schedule: LoopSchedule;
+  /** Steps already done (0, or a resumed checkpoint's step). */
+  start: number;
+  /** Tokens one step trains on, for the throughput. */
+  tokensPerStep: number;
+  /**
+   * Runs step `step` (0-based) and returns its loss components as a 1-D tensor (or a scalar),
+   * which the loop reads only at log points: reading synchronises with the device.
+   */
+  step(step: number): tf.Tensor;
+  /** Names of the loss components, for the divergence message. */
+  components: readonly string[];
+  /** Formats the progress fields from the components read at a log point. */
+  report(step: number, values: Float32Array): string;
+  /** Evaluates after `step` steps; called at `evalEvery` and at the end. */
+  evaluate?(step: number): Promise<void>;
+  /** Saves a checkpoint after `step` steps; `finished` at the end. */
+  save(step: number, finished: boolean): Promise<void>;
+  /** When it fires, the loop finishes its step, saves and returns. */
+  signal?: AbortSignal;
+  /** Where lines go. */
+  log: (line: string) => void;
+}
+
+/** How a loop ended. */
+export interface LoopResult {
+  /** Steps done. */
+  step: number;
+  /** Whether it stopped early on request (its checkpoint resumes it). */
+  interrupted: boolean;
+  /** Wall time of this invocation, in seconds. */
+  seconds: number;
+  /** Training tokens per second over this invocation. */
+  tokensPerSecond: number;
+}
+
+/** Thrown when a loss stops being a finite number; names the step and the component. */
+export class DivergenceError extends Error {
+  override name = "DivergenceError";
+}
+
+/**
+ * Runs the training loop from `start` to `schedule.steps`.
+ *
+ * @param o The step, reporting, evaluation and checkpoint callbacks.
+ * @returns Steps done, whether interrupted, and throughput.
+ * @throws {DivergenceError} When a loss component is NaN or infinite at a log point; no
+ *   checkpoint is written from a diverged state.
+ */
+export async function runTrainingLoop(o: TrainingLoopOptions): Promise<LoopResult> {
+  const { schedule: s } = o;
+  const progress = new Progress(s.steps, o.start, o.tokensPerStep, "tok", o.log);
+  const began = performance.now();
+  let step = o.start, lastChecked = o.start, interrupted = false;
+  while (step < s.steps) {
+    const losses = o.step(step);
+    step++;
+    const end = step === s.steps;
+    const evalNow = end || step % s.evalEvery === 0;
+    const saveNow = end || step % s.checkpointEvery === 0;
+    // A checkpoint or evaluation must never start from a diverged state, so check before either.
+    if (end || evalNow || saveNow || o.signal?.aborted || step % s.logEvery === 0) {
+      const values = (await losses.data()) as Float32Array;
+      const bad = values.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) {
+        throw new DivergenceError(
+          `Cannot train: the loss of ${o.components[bad]} became ${values[bad]} at step ${step}` +
+            (step - lastChecked > 1 ? ` (or after step ${lastChecked}, the last check)` : ""),
+        );
+      }
+      lastChecked = step;
+      progress.report(step, o.report(step, values));
+    }
+    losses.dispose();
+    interrupted = o.signal?.aborted === true && !end;
+    if (evalNow && o.evaluate) await o.evaluate(step);
+    if (saveNow || interrupted) await o.save(step, end);
+    if (interrupted) break;
+  }
+  const seconds = (performance.now() - began) / 1000;
+  const tokensPerSecond = ((step - o.start) * o.tokensPerStep) / seconds;
+  o.log(
+    interrupted
+      ? `interrupted at step ${step}; run the same command again to resume`
+      : `done: ${step} steps in ${formatDuration(seconds)}`,
+  );
+  return { step, interrupted, seconds, tokensPerSecond };
+}
