@@ -30,10 +30,11 @@ export interface TrainingLoopOptions {
   tokensPerStep: number;
   /**
    * Runs step `step` (0-based) and returns its loss components as a 1-D tensor (or a scalar),
-   * which the loop reads only at log points: reading synchronises with the device.
+   * which the loop reads only at log points (`willReport`): reading synchronises with the device.
+   * At those points the step may append extra figures (e.g. L0) after the components.
    */
-  step(step: number): tf.Tensor;
-  /** Names of the loss components, for the divergence message. */
+  step(step: number, willReport: boolean): tf.Tensor | Promise<tf.Tensor>;
+  /** Names of the loss components (the tensor's first entries), for the divergence message. */
   components: readonly string[];
   /** Formats the progress fields from the components read at a log point. */
   report(step: number, values: Float32Array): string;
@@ -78,15 +79,19 @@ export async function runTrainingLoop(o: TrainingLoopOptions): Promise<LoopResul
   const began = performance.now();
   let step = o.start, lastChecked = o.start, interrupted = false;
   while (step < s.steps) {
-    const losses = o.step(step);
-    step++;
-    const end = step === s.steps;
-    const evalNow = end || step % s.evalEvery === 0;
-    const saveNow = end || step % s.checkpointEvery === 0;
+    const done = step + 1;
+    const end = done === s.steps;
+    const evalNow = end || done % s.evalEvery === 0;
+    const saveNow = end || done % s.checkpointEvery === 0;
     // A checkpoint or evaluation must never start from a diverged state, so check before either.
-    if (end || evalNow || saveNow || o.signal?.aborted || step % s.logEvery === 0) {
+    // The request to stop is read once per step, so the step that stops is also checked.
+    interrupted = o.signal?.aborted === true && !end;
+    const check = end || evalNow || saveNow || interrupted || done % s.logEvery === 0;
+    const losses = await o.step(step, check);
+    step = done;
+    if (check) {
       const values = (await losses.data()) as Float32Array;
-      const bad = values.findIndex((v) => !Number.isFinite(v));
+      const bad = values.subarray(0, o.components.length).findIndex((v) => !Number.isFinite(v));
       if (bad >= 0) {
         throw new DivergenceError(
           `Cannot train: the loss of ${o.components[bad]} became ${values[bad]} at step ${step}` +
@@ -97,7 +102,6 @@ export async function runTrainingLoop(o: TrainingLoopOptions): Promise<LoopResul
       progress.report(step, o.report(step, values));
     }
     losses.dispose();
-    interrupted = o.signal?.aborted === true && !end;
     if (evalNow && o.evaluate) await o.evaluate(step);
     if (saveNow || interrupted) await o.save(step, end);
     if (interrupted) break;
