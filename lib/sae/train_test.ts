@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { buildSaes, type SaeConfig } from "./architectures.ts";
+import { layoutPosition } from "./positions.ts";
+import {
+  type ActivationSource,
+  SAE_TRAIN_DEFAULTS,
+  trainSaes,
+  type TrainSaesOptions,
+} from "./train.ts";
+import { createRng } from "../util/rng.ts";
+import { loadCheckpoint } from "../model/checkpoint.ts";
+
+const D = 6, SEQ = 4;
+const layout = layoutPosition("mlp-block", 1); // two hooks, one pair
+
+/** Activations made of 2 of 12 random directions per token: an SAE can learn them. */
+function sparseSource(tokens: number, poison?: { hook: string; row: number }): ActivationSource {
+  const rng = createRng(4);
+  const dirs = Array.from({ length: 12 }, () => Array.from({ length: D }, () => rng.normal()));
+  const data = new Map(layout.hooks.map((h) => {
+    const a = new Float32Array(tokens * D);
+    for (let t = 0; t < tokens; t++) {
+      for (let n = 0; n < 2; n++) {
+        const dir = dirs[rng.int(12)]!, scale = 1 + rng.uniform();
+        for (let i = 0; i < D; i++) a[t * D + i]! += scale * dir[i]!;
+      }
+    }
+    if (poison?.hook === h) a[poison.row * D] = NaN;
+    return [h, a];
+  }));
+  return {
+    tokens,
+    batch: (hooks, start, count) =>
+      Promise.resolve(
+        new Map(hooks.map((h) => [h, data.get(h)!.slice(start * D, (start + count) * D)])),
+      ),
+  };
+}
+
+const sae: SaeConfig = { arch: "staircase", features: 12, k: 2, jsaeLambda: 0 };
+
+function options(outDir: string, extra: Partial<TrainSaesOptions> = {}): TrainSaesOptions {
+  return {
+    saes: buildSaes(sae, layout, D, 0),
+    sae,
+    train: {
+      ...SAE_TRAIN_DEFAULTS,
+      steps: 60,
+      batch: 8,
+      warmup: 5,
+      lr: 1e-2,
+      logEvery: 1,
+      checkpointEvery: 100,
+    },
+    seqLen: SEQ,
+    d: D,
+    data: sparseSource(400),
+    outDir,
+    provenance: {},
+    log: () => {},
+    ...extra,
+  };
+}
+
+Deno.test("trainSaes() lowers every SAE's reconstruction loss", async () => {
+  const dir = await Deno.makeTempDir();
+  const lines: string[] = [];
+  const o = options(`${dir}/run`, { log: (l) => lines.push(l) });
+  const result = await trainSaes(o);
+  const first = lines.find((l) => l.startsWith("step  1/"))!;
+  const initial = Number(first.match(/loss ([\d.]+)/)![1]);
+  const final = Object.values(result.losses).reduce((a, b) => a + b, 0);
+  assert.ok(final < 0.5 * initial, `loss ${initial} → ${final}`);
+  assert.match(lines.at(-2)!, /L0 2\.0\/2\.0/);
+  o.saes.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("trainSaes() interrupted and resumed ends bit-exact with an uninterrupted run", async () => {
+  const dir = await Deno.makeTempDir();
+  const straight = options(`${dir}/a`);
+  await trainSaes(straight);
+  const abort = new AbortController();
+  const first = options(`${dir}/b`, {
+    signal: abort.signal,
+    log: (l) => l.startsWith("step 21/") && abort.abort(),
+  });
+  assert.equal((await trainSaes(first)).step, 22);
+  const second = options(`${dir}/b`);
+  assert.equal((await trainSaes(second)).step, 60);
+  const [a, b] = await Promise.all([`${dir}/a`, `${dir}/b`].map(loadCheckpoint));
+  for (const name of Object.keys(a!.params)) {
+    assert.deepEqual(b!.params[name]!.data, a!.params[name]!.data, name);
+  }
+  for (const o of [straight, first, second]) o.saes.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("trainSaes() fails with the step and the SAE named when a NaN enters training", async () => {
+  const dir = await Deno.makeTempDir();
+  const o = options(`${dir}/run`, {
+    data: sparseSource(400, { hook: "blocks.0.hook_resid_post", row: 40 }),
+  });
+  // Row 40 is in the 2nd batch (32 rows each); the loss is checked at every step here.
+  await assert.rejects(
+    trainSaes(o),
+    /Cannot train: the loss of blocks\.0\.hook_resid_post became NaN at step 2$/,
+  );
+  o.saes.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
