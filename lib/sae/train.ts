@@ -15,6 +15,7 @@ import { type LoopResult, runTrainingLoop } from "../optim/training_loop.ts";
 import type { SaeConfig, SaeSet } from "./architectures.ts";
 import type { SaePair } from "./positions.ts";
 import { decode, encode, reconstructionLoss } from "./sae.ts";
+import { restoreParams } from "./sae_checkpoint.ts";
 
 /** SAE training settings; defaults are the paper's toy schedule. */
 export interface SaeTrainConfig {
@@ -119,9 +120,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   const run = await runState(outDir, "settings", settings);
   if (run.kind === "finished") {
     log(`"${outDir}" already holds the trained SAEs; nothing to do`);
-    for (const [name, v] of saes.params) {
-      v.assign(tf.tensor(run.checkpoint.params[name]!.data, v.shape));
-    }
+    restoreParams(saes.params, run.checkpoint.params, outDir);
     const losses = (run.checkpoint.config as { losses?: Record<string, number> }).losses ?? {};
     return { step: cfg.steps, interrupted: false, seconds: 0, tokensPerSecond: NaN, losses };
   }
@@ -132,9 +131,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   });
   let start = 0, cursor = 0;
   if (run.kind === "resume") {
-    for (const [name, v] of saes.params) {
-      v.assign(tf.tensor(run.checkpoint.params[name]!.data, v.shape));
-    }
+    restoreParams(saes.params, run.checkpoint.params, outDir);
     ({ step: start, cursor } = run.checkpoint.state.json as { step: number; cursor: number });
     optimizer.load({ step: start, tensors: new Map(Object.entries(run.checkpoint.state.tensors)) });
     log(`resuming "${outDir}" at step ${start}`);
