@@ -13,6 +13,7 @@ import { DivergenceError } from "../optim/training_loop.ts";
 import { type Command, UsageError } from "./args.ts";
 import { trainModelCommand } from "./train_model.ts";
 import { benchCommand } from "./bench.ts";
+import { featuresCommand } from "./features.ts";
 
 /** A command that a later part of the project provides. */
 function notYet(summary: string, what: string): Command {
@@ -34,6 +35,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   report: notYet("print mean ± std tables of stored results", "the results store"),
   query: notYet("run SQL over stored results", "the results store"),
   bench: benchCommand,
+  features: featuresCommand,
 };
 
 const USAGE =
