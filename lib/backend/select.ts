@@ -12,6 +12,7 @@ import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
 import { registerReduceKernels } from "./reduce_kernels.ts";
+import { registerScatterKernels } from "./scatter_kernels.ts";
 import { registerTopkReluKernel } from "./topk_relu_kernel.ts";
 
 /** The backends a user can ask for. */
@@ -103,13 +104,14 @@ export async function useStockBackend(name: CpuKernelBackend): Promise<boolean> 
 
 /**
  * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
- * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes, and
- * the SAE TopK selection.
+ * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes,
+ * gathers and scatter-adds, and the SAE TopK selection.
  */
 async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
   if (!(await useStockBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
   registerTopkReluKernel(name);
   registerReduceKernels(name);
+  registerScatterKernels(name);
   const blas = openBlas();
   if ("error" in blas) return { ok: true, detail: `${name} (stock matmul)`, blas: blas.error };
   registerBlasKernels(blas, name);
