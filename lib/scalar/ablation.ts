@@ -1,0 +1,872 @@
+/**
+ * SCALAR steps 2–3 (SPEC §5; reference-details §5.4–5.6): the subcircuit of the top-n edges of one
+ * SAE pair, and the ablation curve y(n) = mean KL between the model's next-token distribution and
+ * the subcircuit's, with a seeded bootstrap CI per point.
+ *
+ * The subcircuit (zero ablation, per downstream feature): for every downstream feature j with at
+ * least one kept edge, U_j = its kept upstream features; z_U = the clean upstream features z0 with
+ * every feature outside U_j zeroed at all positions; x̂ = up.decode(z_U); y = segment(x̂); j's value
+ * is its encoder PRE-activation (y − b_dec)·W_enc[:, j] + b_enc[j], without ReLU. Features without a
+ * kept edge are 0 (not their bias-only value). Then the downstream SAE's TopK on the assembled
+ * vector, still without ReLU (exactly k kept per token, ties to the lower index; a negative value
+ * survives when fewer than k are ≥ 0), the downstream decoder, and the rest of the model.
+ *
+ * Work sharing ({@link Subcircuit}): features whose U_j agree on the upstream features that are ever
+ * active in z0 (on the evaluated prompts) get identical z_U, so they share one segment pass, and
+ * distinct groups are stacked along the batch dimension, `batchSequences` sequences per pass; where
+ * the segment has no attention (`mlp`, `mlp-block`) sharing goes down to single tokens, since there
+ * only U_j ∩ (features active at that token) matters. Counts are processed in increasing order and
+ * only what changed since the previous count is recomputed. None of this changes a value beyond float
+ * rounding of differently shaped matrix products.
+ *
+ * Dimensions: P prompts, T positions (n_ctx), N = P·T tokens, D activation width, F_up / F_down
+ * features, V vocabulary.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { type GPT, hookNames, LOGITS } from "../model/gpt.ts";
+import type { SaeSet } from "../sae/architectures.ts";
+import type { SaePair } from "../sae/positions.ts";
+import { decode, encode, preActivations, type SaeWeights } from "../sae/sae.ts";
+import { createRng } from "../util/rng.ts";
+import type { CurvePoint } from "./score.ts";
+
+/** The part of the model between a pair's hooks: `[B, T, D_up]` → `[B, T, D_down]`. */
+export type Segment = (x: tf.Tensor3D) => tf.Tensor3D;
+
+/** Added to the probabilities inside the KL's logarithms, as the reference does. */
+export const KL_EPS = 1e-8;
+
+/**
+ * The segment of a model between a pair's hooks: `model.run` from the upstream hook (given x̂) to
+ * the downstream hook. At `mlp-block` x̂ feeds both ln_2 and the skip connection (as in the
+ * reference's subcircuit); at `block` the whole block runs over the sequence.
+ *
+ * @param model The frozen model.
+ * @param pair The SAE pair.
+ * @returns The segment function (creates tensors; call it inside `tf.tidy`).
+ */
+export function modelSegment(model: GPT, pair: SaePair): Segment {
+  return (x) =>
+    model.run({ start: { hook: pair.up, value: x }, stopAt: pair.down }).output as tf.Tensor3D;
+}
+
+/**
+ * Whether a pair's segment maps every position on its own: true when no attention (nor embedding)
+ * lies between the hooks (`mlp`, `mlp-block`), false across a whole block (`block`).
+ *
+ * @param model The model.
+ * @param pair The SAE pair.
+ * @returns Whether per-token sharing is valid for the segment.
+ */
+export function isTokenwise(model: GPT, pair: SaePair): boolean {
+  const names = hookNames(model.config);
+  const from = names.indexOf(pair.up), to = names.indexOf(pair.down);
+  return from >= 0 && to > from &&
+    !names.slice(from + 1, to + 1).some((h) => /hook_attn_out|hook_embed|hook_pos_embed/.test(h));
+}
+
+/**
+ * The activations a run starting at `hook` needs from a clean run: the sources of the skip
+ * connections that jump over it (`GPT.run`'s `start.context`), e.g. `hook_resid_mid` for
+ * `hook_mlp_out`.
+ */
+function contextHooks(hook: string): string[] {
+  const m = /^blocks\.(\d+)\.(hook_attn_out|hook_mlp_in|mlp\.hook_post|hook_mlp_out)$/.exec(hook);
+  if (m === null) return [];
+  return [`blocks.${m[1]}.${m[2] === "hook_attn_out" ? "hook_resid_pre" : "hook_resid_mid"}`];
+}
+
+/**
+ * The downstream SAE's TopK as the subcircuit applies it: per row, keep the k largest values
+ * WITHOUT ReLU (negative values can be kept), exactly k per row, equal values resolved towards the
+ * lower column; zero the rest. (The project's `topkRelu` applies ReLU first, so it is not used here.)
+ *
+ * @param values Row-major `[rows, cols]`.
+ * @param rows Row count.
+ * @param cols Column count.
+ * @param k Values kept per row (all when k ≥ cols).
+ * @returns A new `[rows, cols]` array.
+ * @throws {RangeError} If the sizes do not match or k is not a non-negative integer.
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { topkNoRelu } from "./ablation.ts";
+ * deepEqual([...topkNoRelu(new Float32Array([-1, 0, -3, 0]), 1, 4, 2)], [0, 0, 0, 0]);
+ * deepEqual([...topkNoRelu(new Float32Array([-1, -2, -3]), 1, 3, 2)], [-1, -2, 0]);
+ * ```
+ */
+export function topkNoRelu(
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  k: number,
+): Float32Array {
+  if (values.length !== rows * cols || !Number.isInteger(k) || k < 0) {
+    throw new RangeError(
+      `Cannot select the top ${k} of ${values.length} values as [${rows}, ${cols}]: sizes differ`,
+    );
+  }
+  if (k >= cols) return values.slice();
+  const out = new Float32Array(rows * cols);
+  const bestVal = new Float64Array(k), bestIdx = new Int32Array(k);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let count = 0;
+    for (let c = 0; c < cols; c++) {
+      const v = values[base + c]!;
+      // Strictly greater: an equal value later in the row never displaces an earlier one.
+      if (count === k && !(v > bestVal[k - 1]!)) continue;
+      let p = count < k ? count++ : k - 1;
+      while (p > 0 && v > bestVal[p - 1]!) {
+        bestVal[p] = bestVal[p - 1]!;
+        bestIdx[p] = bestIdx[p - 1]!;
+        p--;
+      }
+      bestVal[p] = v;
+      bestIdx[p] = c;
+    }
+    for (let i = 0; i < k; i++) out[base + bestIdx[i]!] = bestVal[i]!;
+  }
+  return out;
+}
+
+/**
+ * Per-position KL(p ‖ q) = Σᵥ pᵥ (ln(pᵥ + 1e-8) − ln(qᵥ + 1e-8)) from log-softmax outputs, in
+ * float64 (the reference's formula, ε included). Values below 0 are set to 0: they come from float
+ * rounding and, at the 1e-8 scale, from the ε itself, never from a real divergence.
+ *
+ * @param logP Log-probabilities of the reference distribution, row-major `[N, V]`.
+ * @param logQ Log-probabilities of the compared distribution, `[N, V]`.
+ * @param vocab V.
+ * @returns `[N]` KLs, each ≥ 0; exactly 0 where the rows are equal.
+ * @throws {RangeError} If the sizes do not match.
+ */
+export function klPerToken(logP: Float32Array, logQ: Float32Array, vocab: number): Float64Array {
+  const n = logP.length / vocab;
+  if (!Number.isInteger(n) || logQ.length !== logP.length) {
+    throw new RangeError(
+      `Cannot compute KL of ${logP.length} and ${logQ.length} log-probabilities with vocabulary ` +
+        `${vocab}: need two [N, ${vocab}] arrays`,
+    );
+  }
+  const out = new Float64Array(n);
+  for (let t = 0; t < n; t++) {
+    let s = 0;
+    for (let v = t * vocab; v < (t + 1) * vocab; v++) {
+      const p = Math.exp(logP[v]!);
+      s += p * (Math.log(p + KL_EPS) - Math.log(Math.exp(logQ[v]!) + KL_EPS));
+    }
+    out[t] = s > 0 ? s : 0;
+  }
+  return out;
+}
+
+/** A mean with its bootstrap confidence interval. */
+export interface MeanCi {
+  /** The plain mean of the values. */
+  mean: number;
+  /** Lower end: resample mean number ⌊0.025 · R⌋ in ascending order. */
+  low: number;
+  /** Upper end: resample mean number ⌊0.975 · R⌋. */
+  high: number;
+}
+
+/**
+ * The mean of some values with a 95% bootstrap CI, as the reference computes it (R resamples of all
+ * N values with replacement, resample means sorted, elements ⌊0.025R⌋ and ⌊0.975R⌋), but seeded:
+ * the draws come from `createRng(seed)` alone, so the same values and seed give the same interval,
+ * and two series bootstrapped with one seed share their resamples.
+ *
+ * @param values The per-token values.
+ * @param resamples R.
+ * @param seed Seed of the resampling.
+ * @returns Mean, low and high.
+ * @throws {RangeError} If there are no values or R is not a positive integer.
+ *
+ * @example
+ * ```ts
+ * import { bootstrapMeanCi } from "./ablation.ts";
+ * const ci = bootstrapMeanCi([1, 2, 3, 4], 1000, 7);
+ * if (!(ci.low <= ci.mean && ci.mean <= ci.high) || ci.mean !== 2.5) throw new Error();
+ * ```
+ */
+export function bootstrapMeanCi(
+  values: ArrayLike<number>,
+  resamples: number,
+  seed: number,
+): MeanCi {
+  const n = values.length;
+  if (n === 0 || !Number.isSafeInteger(resamples) || resamples <= 0) {
+    throw new RangeError(
+      `Cannot bootstrap ${n} values with ${resamples} resamples: need values and a positive count`,
+    );
+  }
+  let total = 0;
+  for (let i = 0; i < n; i++) total += values[i]!;
+  const rng = createRng(seed);
+  const means = new Float64Array(resamples);
+  for (let r = 0; r < resamples; r++) {
+    let s = 0;
+    for (let i = 0; i < n; i++) s += values[rng.int(n)]!;
+    means[r] = s / n;
+  }
+  means.sort();
+  return {
+    mean: total / n,
+    low: means[Math.floor(0.025 * resamples)]!,
+    high: means[Math.floor(0.975 * resamples)]!,
+  };
+}
+
+/** What a subcircuit is built from. */
+export interface SubcircuitOptions {
+  /** The upstream SAE's weights; called inside `tf.tidy`, so it may return fresh slices. */
+  up: () => SaeWeights;
+  /** The downstream SAE's weights; called inside `tf.tidy`. */
+  down: () => SaeWeights;
+  /** Features the downstream SAE keeps per token. */
+  k: number;
+  /** The model part between the pair's hooks. */
+  segment: Segment;
+  /** Clean upstream features `[P, T, F_up]` (read once; the caller keeps and disposes it). */
+  z0: tf.Tensor3D;
+  /**
+   * Sequences per segment pass, i.e. batchSequences · T positions (memory vs speed; values do not
+   * depend on it beyond rounding).
+   */
+  batchSequences: number;
+  /**
+   * Whether the segment maps each position on its own (no attention: `mlp`, `mlp-block`), which
+   * allows sharing per token (see {@link Subcircuit}). Never set it for a segment that mixes
+   * positions. @default false
+   */
+  tokenwise?: boolean;
+}
+
+/** A group of downstream features whose kept upstream sets agree on the active features. */
+interface Group {
+  /** The upstream features the group keeps (those ever active in z0). */
+  upstream: number[];
+  /** The downstream features that share it. */
+  features: number[];
+}
+
+/**
+ * One segment pass: positions to run (`z`, host-built masked upstream features `[R, F_up]`, shaped
+ * for the segment as `shape`), and where each needed pre-activation goes: `gather[e]` is a flat
+ * index into the pass's `[R, F_down]` pre-activations, `target[e]` one into the assembled matrix.
+ */
+interface Pass {
+  z: Float32Array;
+  shape: [number, number];
+  gather: number[];
+  target: number[];
+}
+
+/** Most nonzero upstream features per token for per-token sharing (one bit each in a Uint32). */
+const MAX_TOKENWISE_ACTIVE = 32;
+
+/**
+ * The subcircuit of a growing set of kept edges, assembled incrementally: add edges with
+ * {@link Subcircuit.addEdges}, read the downstream features with {@link Subcircuit.features}. It
+ * holds no tensors between calls. Two ways of sharing work, with the same values:
+ *
+ * - `grouped` (any segment): downstream features whose kept sets U_j agree on the upstream features
+ *   active anywhere in z0 share one segment pass over all prompts; a feature whose key did not change
+ *   since the last call keeps its values.
+ * - `tokenwise` (segments without attention): at token t only the active features A_t of z0 matter,
+ *   so j's value there depends on U_j ∩ A_t alone. Each distinct (t, U_j ∩ A_t) runs once, only where
+ *   the intersection changed since the last call; an empty intersection gives the same value at every
+ *   token (the segment of up's b_dec), computed once. Needs ≤ 32 active features per token (TopK
+ *   SAEs have ≤ k); otherwise `grouped` is used.
+ */
+export class Subcircuit {
+  /** Upstream feature count. */
+  readonly fUp: number;
+  /** Downstream feature count. */
+  readonly fDown: number;
+  /** Prompts P. */
+  readonly prompts: number;
+  /** Positions per prompt T. */
+  readonly positions: number;
+  /** How work is shared (see the class comment). */
+  readonly mode: "grouped" | "tokenwise";
+  /** Positions the last {@link Subcircuit.features} call ran through the segment. */
+  lastPositions = 0;
+  /** Distinct kept sets the last call ran (`grouped` mode; 0 in `tokenwise` mode). */
+  lastGroups = 0;
+  /** Downstream features with a kept edge at the last call. */
+  lastConnected = 0;
+  readonly #o: SubcircuitOptions;
+  readonly #dims: { dUp: number; dDown: number };
+  /** z0 on the host, compressed by rows (one row per token): row t's nonzeros are cols/vals[rowPtr[t] ..]. */
+  readonly #rowPtr: Int32Array;
+  readonly #cols: Int32Array;
+  readonly #vals: Float32Array;
+  readonly #active: Uint8Array;
+  /** Assembled pre-activations `[N, F_down]`; 0 for features without a kept edge. */
+  readonly #pre: Float32Array;
+  readonly #connected: Uint8Array;
+  // grouped mode
+  readonly #upstreamOf: number[][] = [];
+  readonly #keyOf: (string | undefined)[] = [];
+  readonly #dirty = new Set<number>();
+  // tokenwise mode: per (t, j) the bits of A_t kept for j; per upstream feature its (token, bit)s.
+  #bits = new Uint32Array(0);
+  /** Marks (t, j) entries already listed in #changed during the current epoch (1..255, then reset). */
+  #stamp = new Uint8Array(0);
+  #epoch = 1;
+  #changed: number[] = [];
+  #newlyConnected: number[] = [];
+  #featPtr = new Int32Array(0);
+  #featTok = new Int32Array(0);
+  #featBit = new Uint32Array(0);
+  #emptyPre: Float32Array | undefined;
+
+  private constructor(o: SubcircuitOptions, dense: Float32Array) {
+    const [P, T, fUp] = o.z0.shape;
+    const dims = tf.tidy(() => {
+      const up = o.up(), down = o.down();
+      return {
+        fUp: up.wDec.shape[0],
+        dUp: up.wDec.shape[1],
+        dDown: down.wEnc.shape[0],
+        fDown: down.wEnc.shape[1],
+      };
+    });
+    if (dims.fUp !== fUp) {
+      throw new RangeError(
+        `Cannot build a subcircuit from z0 [${o.z0.shape}]: the upstream SAE has ${dims.fUp} features`,
+      );
+    }
+    if (!Number.isSafeInteger(o.batchSequences) || o.batchSequences <= 0) {
+      throw new RangeError(`Cannot use batch size "${o.batchSequences}": not a positive integer`);
+    }
+    this.#o = o;
+    this.fUp = fUp;
+    this.fDown = dims.fDown;
+    this.prompts = P;
+    this.positions = T;
+    this.#dims = dims;
+    const N = P * T;
+    this.#pre = new Float32Array(N * dims.fDown);
+    this.#connected = new Uint8Array(dims.fDown);
+
+    this.#rowPtr = new Int32Array(N + 1);
+    this.#active = new Uint8Array(fUp);
+    let nnz = 0, widest = 0;
+    for (let t = 0; t < N; t++) {
+      let row = 0;
+      for (let i = t * fUp; i < (t + 1) * fUp; i++) if (dense[i] !== 0) row++;
+      nnz += row;
+      widest = Math.max(widest, row);
+      this.#rowPtr[t + 1] = nnz;
+    }
+    this.#cols = new Int32Array(nnz);
+    this.#vals = new Float32Array(nnz);
+    for (let t = 0, q = 0; t < N; t++) {
+      for (let i = 0; i < fUp; i++) {
+        const v = dense[t * fUp + i]!;
+        if (v === 0) continue;
+        this.#cols[q] = i;
+        this.#vals[q++] = v;
+        this.#active[i] = 1;
+      }
+    }
+
+    this.mode = o.tokenwise && widest <= MAX_TOKENWISE_ACTIVE ? "tokenwise" : "grouped";
+    if (this.mode === "grouped") {
+      this.#upstreamOf = Array.from({ length: dims.fDown }, () => []);
+      this.#keyOf = new Array(dims.fDown).fill(undefined);
+      return;
+    }
+    this.#bits = new Uint32Array(N * dims.fDown);
+    this.#stamp = new Uint8Array(N * dims.fDown);
+    // Invert the rows: for each upstream feature, the tokens where it is active and its bit there.
+    const perFeature = new Int32Array(fUp + 1);
+    for (let q = 0; q < nnz; q++) perFeature[this.#cols[q]! + 1]!++;
+    for (let i = 0; i < fUp; i++) perFeature[i + 1]! += perFeature[i]!;
+    this.#featPtr = perFeature.slice();
+    this.#featTok = new Int32Array(nnz);
+    this.#featBit = new Uint32Array(nnz);
+    const fill = perFeature.slice();
+    for (let t = 0; t < N; t++) {
+      for (let q = this.#rowPtr[t]!; q < this.#rowPtr[t + 1]!; q++) {
+        const at = fill[this.#cols[q]!]!++;
+        this.#featTok[at] = t;
+        this.#featBit[at] = 2 ** (q - this.#rowPtr[t]!);
+      }
+    }
+  }
+
+  /**
+   * Creates an empty subcircuit (no edges kept).
+   *
+   * @param o The pair's SAEs, segment and clean upstream features.
+   * @returns The subcircuit.
+   * @throws {RangeError} If z0 does not fit the upstream SAE or the batch size is not positive.
+   */
+  static async create(o: SubcircuitOptions): Promise<Subcircuit> {
+    return new Subcircuit(o, (await o.z0.data()) as Float32Array);
+  }
+
+  /**
+   * Keeps more edges.
+   *
+   * @param edges Flat edge indices i · F_down + j (an edge kept twice changes nothing).
+   * @throws {RangeError} For an index outside [0, F_up · F_down).
+   */
+  addEdges(edges: ArrayLike<number>): void {
+    const eTot = this.fUp * this.fDown, fDown = this.fDown;
+    for (let e = 0; e < edges.length; e++) {
+      const edge = edges[e]!;
+      if (!Number.isInteger(edge) || edge < 0 || edge >= eTot) {
+        throw new RangeError(`Cannot keep edge ${edge}: the pair has ${eTot} edges`);
+      }
+      const j = edge % fDown, i = (edge - j) / fDown;
+      if (this.mode === "grouped") {
+        this.#upstreamOf[j]!.push(i);
+        this.#dirty.add(j);
+        continue;
+      }
+      if (!this.#connected[j]) {
+        this.#connected[j] = 1;
+        this.#newlyConnected.push(j);
+      }
+      for (let q = this.#featPtr[i]!; q < this.#featPtr[i + 1]!; q++) {
+        const at = this.#featTok[q]! * fDown + j;
+        this.#bits[at]! |= this.#featBit[q]!;
+        if (this.#stamp[at] !== this.#epoch) {
+          this.#stamp[at] = this.#epoch;
+          this.#changed.push(at);
+        }
+      }
+    }
+  }
+
+  /**
+   * The subcircuit's downstream features for the edges kept so far: assembled pre-activations, then
+   * TopK without ReLU.
+   *
+   * @returns Row-major `[P · T, F_down]` (prompt-major, then position).
+   */
+  async features(): Promise<Float32Array> {
+    const passes = this.mode === "grouped" ? this.#groupedPasses() : await this.#tokenwisePasses();
+    this.lastPositions = 0;
+    // Keep one pass in flight while the previous one is read (overlaps device and host work).
+    let pending: { pass: Pass; values: tf.Tensor } | undefined;
+    for (const pass of passes) {
+      this.lastPositions += pass.shape[0] * pass.shape[1];
+      const next = { pass, values: this.#run(pass) };
+      if (pending) await this.#store(pending.pass, pending.values);
+      pending = next;
+    }
+    if (pending) await this.#store(pending.pass, pending.values);
+    this.lastConnected = this.#connected.reduce((s, c) => s + c, 0);
+    return topkNoRelu(this.#pre, this.prompts * this.positions, this.fDown, this.#o.k);
+  }
+
+  /** Grouped mode: the passes for the features whose active kept set changed. */
+  *#groupedPasses(): Generator<Pass> {
+    const groups = new Map<string, Group>();
+    for (const j of this.#dirty) {
+      const upstream = [...new Set(this.#upstreamOf[j]!.filter((i) => this.#active[i]))]
+        .sort((a, b) => a - b);
+      const key = upstream.join(",");
+      this.#connected[j] = 1;
+      if (key === this.#keyOf[j]) continue;
+      let group = groups.get(key);
+      if (group === undefined) groups.set(key, group = { upstream, features: [] });
+      group.features.push(j);
+      this.#keyOf[j] = key;
+    }
+    this.#dirty.clear();
+    this.lastGroups = groups.size;
+
+    const { fUp, fDown, positions: T, prompts: P } = this;
+    const per = this.#o.batchSequences;
+    const items = [...groups.values()].flatMap((g) =>
+      Array.from({ length: P }, (_, p) => ({ g, p }))
+    );
+    for (let first = 0; first < items.length; first += per) {
+      const chunk = items.slice(first, first + per);
+      const z = new Float32Array(chunk.length * T * fUp);
+      const gather: number[] = [], target: number[] = [];
+      let mask = new Uint8Array(0), maskOf: Group | undefined;
+      chunk.forEach(({ g, p }, c) => {
+        if (maskOf !== g) {
+          mask = new Uint8Array(fUp);
+          for (const i of g.upstream) mask[i] = 1;
+          maskOf = g;
+        }
+        for (let t = 0; t < T; t++) {
+          const row = p * T + t, out = (c * T + t) * fUp;
+          for (let q = this.#rowPtr[row]!; q < this.#rowPtr[row + 1]!; q++) {
+            if (mask[this.#cols[q]!]) z[out + this.#cols[q]!] = this.#vals[q]!;
+          }
+          for (const j of g.features) {
+            gather.push((c * T + t) * fDown + j);
+            target.push(row * fDown + j);
+          }
+        }
+      });
+      yield { z, shape: [chunk.length, T], gather, target };
+    }
+  }
+
+  /** Tokenwise mode: the passes for the (token, active kept set) pairs that changed. */
+  async #tokenwisePasses(): Promise<Pass[]> {
+    const { fUp, fDown } = this;
+    const N = this.prompts * this.positions;
+    this.lastGroups = 0;
+    if (this.#newlyConnected.length > 0) {
+      // A feature's first edge: every token starts at the empty intersection, the same value everywhere.
+      const empty = this.#emptyPre ??= await this.#emptyPreActivations();
+      for (const j of this.#newlyConnected) {
+        for (let t = 0; t < N; t++) this.#pre[t * fDown + j] = empty[j]!;
+      }
+      this.#newlyConnected = [];
+    }
+    const rowsPerPass = this.#o.batchSequences * this.positions;
+    const rowOf = new Map<number, number>();
+    const rowTok: number[] = [], rowBits: number[] = [];
+    const passes: Pass[] = [];
+    for (const at of this.#changed) {
+      const t = Math.floor(at / fDown), j = at - t * fDown, bits = this.#bits[at]!;
+      const key = t * 2 ** 32 + bits;
+      let r = rowOf.get(key);
+      if (r === undefined) {
+        r = rowTok.length;
+        rowOf.set(key, r);
+        rowTok.push(t);
+        rowBits.push(bits);
+        if (r % rowsPerPass === 0) {
+          passes.push({ z: new Float32Array(0), shape: [0, 1], gather: [], target: [] });
+        }
+      }
+      const pass = passes[Math.floor(r / rowsPerPass)]!;
+      pass.gather.push((r % rowsPerPass) * fDown + j);
+      pass.target.push(at);
+    }
+    this.#changed = [];
+    if (++this.#epoch === 256) {
+      this.#stamp.fill(0);
+      this.#epoch = 1;
+    }
+    passes.forEach((pass, c) => {
+      const first = c * rowsPerPass, rows = Math.min(rowsPerPass, rowTok.length - first);
+      pass.z = new Float32Array(rows * fUp);
+      pass.shape = [rows, 1];
+      for (let r = 0; r < rows; r++) {
+        const t = rowTok[first + r]!, bits = rowBits[first + r]!;
+        for (let q = this.#rowPtr[t]!, b = 0; q < this.#rowPtr[t + 1]!; q++, b++) {
+          if ((bits >>> b) & 1) pass.z[r * fUp + this.#cols[q]!] = this.#vals[q]!;
+        }
+      }
+    });
+    return passes;
+  }
+
+  /** The pre-activations of segment(up's b_dec) at one position: `[F_down]`. */
+  async #emptyPreActivations(): Promise<Float32Array> {
+    const pre = tf.tidy(() => {
+      const up = this.#o.up(), down = this.#o.down();
+      const xHat = decode(up, tf.zeros([1, this.fUp])).reshape([1, 1, this.#dims.dUp]);
+      const y = this.#o.segment(xHat as tf.Tensor3D).reshape([1, this.#dims.dDown]);
+      return preActivations(down, y as tf.Tensor2D);
+    });
+    const data = (await pre.data()) as Float32Array;
+    pre.dispose();
+    return data;
+  }
+
+  /** Starts one pass: the needed pre-activations, `[gather.length]`. */
+  #run(pass: Pass): tf.Tensor {
+    const [B, T] = pass.shape;
+    return tf.tidy(() => {
+      const up = this.#o.up(), down = this.#o.down();
+      const z = tf.tensor2d(pass.z, [B * T, this.fUp]);
+      const xHat = decode(up, z).reshape([B, T, this.#dims.dUp]) as tf.Tensor3D;
+      const y = this.#o.segment(xHat).reshape([B * T, this.#dims.dDown]) as tf.Tensor2D;
+      const pre = preActivations(down, y).reshape([-1]);
+      return tf.gather(pre, tf.tensor1d(pass.gather, "int32"));
+    });
+  }
+
+  /** Reads one pass into the assembled pre-activations. */
+  async #store(pass: Pass, values: tf.Tensor): Promise<void> {
+    const data = (await values.data()) as Float32Array;
+    values.dispose();
+    for (let e = 0; e < pass.target.length; e++) this.#pre[pass.target[e]!] = data[e]!;
+  }
+}
+
+/** v.encode(segment(u.decode(z0))): the full circuit's downstream features, as a tensor. */
+function fullCircuitTensor(o: SubcircuitOptions, z0: tf.Tensor3D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const up = o.up(), down = o.down();
+    const [B, T, fUp] = z0.shape;
+    const xHat = decode(up, z0.reshape([B * T, fUp])).reshape([B, T, up.wDec.shape[1]]);
+    const y = o.segment(xHat as tf.Tensor3D);
+    return encode(down, y.reshape([B * T, y.shape[2]]), o.k);
+  });
+}
+
+/**
+ * The subcircuit's downstream features for one kept edge set (see the module comment). When every
+ * one of the F_up · F_down edges is kept, the full circuit's features v.encode(segment(u.decode(z0)))
+ * are returned unchanged (ReLU included), as the reference does at n = E_tot.
+ *
+ * @param o The pair's SAEs, segment, clean upstream features and the kept edges (flat indices).
+ * @returns Row-major `[P · T, F_down]`.
+ * @throws {RangeError} For an edge index out of range or sizes that do not fit.
+ *
+ * @example Nothing kept: every downstream feature is 0
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { subcircuitFeatures } from "./ablation.ts";
+ * const w = {
+ *   wEnc: tf.eye(2) as tf.Tensor2D, bEnc: tf.ones([2]) as tf.Tensor1D,
+ *   wDec: tf.eye(2) as tf.Tensor2D, bDec: tf.zeros([2]) as tf.Tensor1D,
+ * };
+ * const z0 = tf.ones([1, 3, 2]) as tf.Tensor3D;
+ * const f = await subcircuitFeatures({
+ *   up: () => w, down: () => w, k: 1, segment: (x) => x, z0, batchSequences: 1,
+ *   kept: new Int32Array(0),
+ * });
+ * if (f.some((v) => v !== 0)) throw new Error();
+ * tf.dispose([z0, ...Object.values(w)]);
+ * ```
+ */
+export async function subcircuitFeatures(
+  o: SubcircuitOptions & { kept: ArrayLike<number> },
+): Promise<Float32Array> {
+  const sub = await Subcircuit.create(o);
+  const eTot = sub.fUp * sub.fDown;
+  sub.addEdges(o.kept);
+  if (new Set(Array.from(o.kept)).size === eTot) {
+    const z1 = fullCircuitTensor(o, o.z0);
+    const data = (await z1.data()) as Float32Array;
+    z1.dispose();
+    return data;
+  }
+  return await sub.features();
+}
+
+/** Inputs of {@link ablationCurve}. */
+export interface AblationCurveOptions {
+  /** The frozen model. */
+  model: GPT;
+  /** The run's SAEs (the pair's two must be among them). */
+  saes: SaeSet;
+  /** The pair to measure. */
+  pair: SaePair;
+  /** Edge order (`rankEdges`): flat indices, the edge kept first at position 0. */
+  order: Int32Array;
+  /** Edge counts n, increasing, each ≤ E_tot (`edgeCounts`). */
+  counts: readonly number[];
+  /** The validation split. */
+  tokens: Int32Array;
+  /** Prompts: the first this many non-overlapping n_ctx-token windows of `tokens`. @default 50 */
+  prompts?: number;
+  /** Sequences per forward pass (memory vs speed; values do not depend on it beyond rounding). */
+  batchSequences: number;
+  /** The bootstrap of each point's CI: R resamples (default 1,000), drawn from the seed. */
+  bootstrap: { resamples?: number; seed: number };
+  /**
+   * Share work per token ({@link Subcircuit}); only for segments without attention.
+   * @default isTokenwise(model, pair)
+   */
+  tokenwise?: boolean;
+  /** Where progress lines go. @default a line on stderr */
+  log?: (line: string) => void;
+}
+
+/**
+ * Measures one pair's ablation curve: for each edge count n, the mean over all prompt tokens of
+ * KL(p_model ‖ p_n) and KL(p_fullcircuit ‖ p_n), each with a 95% bootstrap CI of the mean over the
+ * per-token KLs (both from the same resamples). p_model is the unmodified model; the full circuit
+ * splices both SAEs: up's reconstruction of the clean activation → segment → v.encode → v.decode →
+ * the rest of the model (at `mlp-block` the reconstruction feeds the skip connection too, unlike
+ * the reference's full circuit there, which keeps the clean skip — §5.5; it matters only for the
+ * full-circuit curve). p_n is the subcircuit of the first n edges of `order`; at n = E_tot the
+ * full-circuit features are used unchanged, so KL(full ‖ p_n) = 0 there.
+ *
+ * Counts are processed in increasing order; each adds its new edges to the previous subcircuit and
+ * recomputes only the downstream features whose kept set changed.
+ *
+ * @param o The model, SAEs, pair, edge order, counts, tokens and sizes.
+ * @returns One point per count, in increasing n.
+ * @throws {RangeError} If the pair's hooks have no SAEs, the counts are not increasing positive
+ * integers ≤ E_tot, the order is too short, or the tokens hold fewer than prompts · n_ctx.
+ */
+export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint[]> {
+  const { model, saes, pair, order, tokens, batchSequences } = o;
+  const prompts = o.prompts ?? 50;
+  const resamples = o.bootstrap.resamples ?? 1000;
+  const log = o.log ?? ((line: string) => console.error(line));
+  const { nCtx: T, vocabSize: V } = model.config;
+  for (const hook of [pair.up, pair.down]) {
+    if (!saes.hooks.includes(hook)) {
+      throw new RangeError(`Cannot measure pair ${pair.up} → ${pair.down}: no SAE at "${hook}"`);
+    }
+  }
+  const fUp = saes.width(pair.up), fDown = saes.width(pair.down), eTot = fUp * fDown;
+  const counts = [...o.counts];
+  counts.forEach((n, i) => {
+    if (!Number.isSafeInteger(n) || n <= 0 || n > eTot || (i > 0 && n <= counts[i - 1]!)) {
+      throw new RangeError(
+        `Cannot measure edge counts [${counts}]: need increasing integers in [1, ${eTot}] ` +
+          `(edgeCounts(${eTot}) gives the reference's list capped at E_tot)`,
+      );
+    }
+  });
+  const needed = Math.max(0, ...counts.filter((n) => n < eTot));
+  if (order.length < needed) {
+    throw new RangeError(`Cannot keep ${needed} edges: the edge order holds ${order.length}`);
+  }
+  if (!Number.isSafeInteger(prompts) || prompts <= 0 || tokens.length < prompts * T) {
+    throw new RangeError(
+      `Cannot read ${prompts} prompts of ${T} tokens from ${tokens.length} tokens: they need ` +
+        `${prompts * T}`,
+    );
+  }
+  if (!Number.isSafeInteger(batchSequences) || batchSequences <= 0) {
+    throw new RangeError(`Cannot use batch size "${batchSequences}": not a positive integer`);
+  }
+  const tokenwise = o.tokenwise ?? isTokenwise(model, pair);
+  if (tokenwise && !isTokenwise(model, pair)) {
+    throw new RangeError(
+      `Cannot share work per token for pair ${pair.up} → ${pair.down}: its segment mixes positions`,
+    );
+  }
+
+  const N = prompts * T;
+  const k = saes.k;
+  const segment = modelSegment(model, pair);
+  const parts: SubcircuitOptions = {
+    up: () => saes.weights(pair.up),
+    down: () => saes.weights(pair.down),
+    k,
+    segment,
+    z0: undefined as unknown as tf.Tensor3D, // set below
+    batchSequences,
+    tokenwise,
+  };
+  const ctxHooks = contextHooks(pair.down);
+  const batches: { first: number; rows: number; context: Map<string, tf.Tensor> }[] = [];
+  const z0Parts: tf.Tensor[] = [];
+  let z0: tf.Tensor3D | undefined;
+  try {
+    // Clean pass per batch: z0, the clean skip activations for the rest of the model, and the
+    // model's and the full circuit's log-probabilities (kept on the host for the float64 KL).
+    const modelLogP = new Float32Array(N * V), fullLogP = new Float32Array(N * V);
+    for (let first = 0; first < prompts; first += batchSequences) {
+      const rows = Math.min(batchSequences, prompts - first);
+      const out = tf.tidy(() => {
+        const ids = tf.tensor2d(tokens.subarray(first * T, (first + rows) * T), [rows, T], "int32");
+        const run = model.run({ tokens: ids, cache: [pair.up, ...ctxHooks] });
+        const x = run.cache.get(pair.up)!;
+        const z = encode(saes.weights(pair.up), x.reshape([rows * T, x.shape[2]!]), k)
+          .reshape([rows, T, fUp]) as tf.Tensor3D;
+        const context = ctxHooks.map((h) => run.cache.get(h)!);
+        const z1 = fullCircuitTensor(parts, z);
+        const xHat = decode(saes.weights(pair.down), z1);
+        const full = model.run({
+          start: {
+            hook: pair.down,
+            value: xHat.reshape([rows, T, -1]),
+            context: new Map(ctxHooks.map((h, i) => [h, context[i]!])),
+          },
+          stopAt: LOGITS,
+        }).output;
+        return {
+          z,
+          context,
+          model: tf.logSoftmax(run.output.reshape([rows * T, V])),
+          full: tf.logSoftmax(full.reshape([rows * T, V])),
+        };
+      });
+      z0Parts.push(out.z);
+      // (tf.tidy keeps tensors returned in arrays and objects, not in Maps: build the Map here.)
+      batches.push({ first, rows, context: new Map(ctxHooks.map((h, i) => [h, out.context[i]!])) });
+      modelLogP.set((await out.model.data()) as Float32Array, first * T * V);
+      fullLogP.set((await out.full.data()) as Float32Array, first * T * V);
+      tf.dispose([out.model, out.full]);
+    }
+    z0 = tf.concat(z0Parts, 0) as tf.Tensor3D;
+    tf.dispose(z0Parts);
+    z0Parts.length = 0;
+    parts.z0 = z0;
+    const sub = await Subcircuit.create(parts);
+    log(
+      `ablation curve ${pair.up} → ${pair.down}: ${fUp} x ${fDown} = ${eTot} edges, ` +
+        `${counts.length} counts up to ${counts.at(-1)}, ${prompts} prompts x ${T} tokens, ` +
+        `${sub.mode} sharing`,
+    );
+
+    /** The rest of the model from the downstream hook, for assembled downstream features. */
+    const restLogP = async (features: Float32Array): Promise<Float32Array> => {
+      const logP = new Float32Array(N * V);
+      for (const b of batches) {
+        const lp = tf.tidy(() => {
+          const f = tf.tensor2d(
+            features.subarray(b.first * T * fDown, (b.first + b.rows) * T * fDown),
+            [b.rows * T, fDown],
+          );
+          const xHat = decode(saes.weights(pair.down), f).reshape([b.rows, T, -1]);
+          const out = model.run({
+            start: { hook: pair.down, value: xHat, context: b.context },
+            stopAt: LOGITS,
+          }).output;
+          return tf.logSoftmax(out.reshape([b.rows * T, V]));
+        });
+        logP.set((await lp.data()) as Float32Array, b.first * T * V);
+        lp.dispose();
+      }
+      return logP;
+    };
+
+    const curve: CurvePoint[] = [];
+    let kept = 0;
+    for (const n of counts) {
+      const started = performance.now();
+      let logQ: Float32Array;
+      let note: string;
+      if (n >= eTot) {
+        logQ = fullLogP;
+        note = "full circuit";
+      } else {
+        sub.addEdges(order.subarray(kept, n));
+        kept = n;
+        logQ = await restLogP(await sub.features());
+        note = `${sub.lastConnected} features connected, ${sub.lastPositions} positions through ` +
+          `the segment (${sub.mode}${sub.mode === "grouped" ? `, ${sub.lastGroups} groups` : ""})`;
+      }
+      const m = bootstrapMeanCi(klPerToken(modelLogP, logQ, V), resamples, o.bootstrap.seed);
+      const f = bootstrapMeanCi(klPerToken(fullLogP, logQ, V), resamples, o.bootstrap.seed);
+      curve.push({
+        n,
+        klModel: m.mean,
+        klModelLow: m.low,
+        klModelHigh: m.high,
+        klFull: f.mean,
+        klFullLow: f.low,
+        klFullHigh: f.high,
+      });
+      log(
+        `  n=${n}: KL(model) ${m.mean.toPrecision(4)} [${m.low.toPrecision(4)}, ` +
+          `${m.high.toPrecision(4)}], KL(full) ${f.mean.toPrecision(4)}; ${note}; ` +
+          `${((performance.now() - started) / 1000).toFixed(1)}s`,
+      );
+    }
+    return curve;
+  } finally {
+    tf.dispose(z0Parts);
+    z0?.dispose();
+    for (const b of batches) tf.dispose([...b.context.values()]);
+  }
+}
