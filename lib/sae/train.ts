@@ -69,8 +69,15 @@ export interface ActivationSource {
   batch(hooks: readonly string[], start: number, count: number): Promise<Map<string, Float32Array>>;
 }
 
-/** The extra loss of JSAE pairs, given the pair's inputs; see `jacobian.ts`. */
-export type PairLoss = (pair: SaePair, x: ReadonlyMap<string, tf.Tensor2D>) => tf.Scalar;
+/**
+ * The extra loss of JSAE pairs (`jacobian.ts`), given every hook's input activations `x` and its
+ * SAE's feature activations `f` for this batch.
+ */
+export type PairLoss = (
+  pair: SaePair,
+  x: ReadonlyMap<string, tf.Tensor2D>,
+  f: ReadonlyMap<string, tf.Tensor2D>,
+) => tf.Scalar;
 
 /** Inputs of {@link trainSaes}. */
 export interface TrainSaesOptions {
@@ -174,13 +181,15 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
         const figures: tf.Tensor[] = [];
         const { grads, value } = tf.variableGrads(() => {
           const l0s: tf.Tensor[] = [];
+          const features = new Map<string, tf.Tensor2D>();
           const terms = hooks.map((h) => {
             const w = saes.weights(h);
             const f = encode(w, x.get(h)!, saes.k);
+            features.set(h, f);
             if (willReport) l0s.push(f.greater(0).sum(1).mean().cast("float32").reshape([1]));
             return reconstructionLoss(x.get(h)!, decode(w, f));
           });
-          for (const p of pairs) terms.push(o.jacobian!.loss(p, x).mul(o.sae.jsaeLambda));
+          for (const p of pairs) terms.push(o.jacobian!.loss(p, x, features).mul(o.sae.jsaeLambda));
           // The components (and L0s) leave the gradient scope kept; the objective is their sum.
           const stacked = tf.stack(terms);
           figures.push(tf.keep(tf.concat([stacked, ...l0s])));
