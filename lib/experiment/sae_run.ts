@@ -1,0 +1,281 @@
+/**
+ * One SAE run end to end: the frozen model and its activation caches, the SAEs trained together,
+ * their metrics on validation data, and SCALAR for every adjacent pair. Every stage writes its
+ * result into the run's folder, so an interrupted run resumes at the stage it stopped in.
+ *
+ * @module
+ */
+import { encodeChars } from "../data/char_tokenizer.ts";
+import { resolveCorpus } from "../data/corpus.ts";
+import { splitTrainVal } from "../data/split.ts";
+import { loadGpt } from "../model/gpt_checkpoint.ts";
+import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
+import { ensureActivationCache, modelFingerprint } from "../sae/activation_cache.ts";
+import { jacobianLoss } from "../sae/jacobian.ts";
+import { evaluateSaes, type SaeEvaluation } from "../sae/metrics.ts";
+import { layoutPosition, type Position } from "../sae/positions.ts";
+import { type SaeTrainConfig, trainSaes } from "../sae/train.ts";
+import { ablationCurve } from "../scalar/ablation.ts";
+import { attributePair } from "../scalar/attribution.ts";
+import { edgeCounts, rankEdges } from "../scalar/ranking.ts";
+import { type CurvePoint, type ScalarScores, scalarScores } from "../scalar/score.ts";
+import type * as tf from "@tensorflow/tfjs";
+
+/** SCALAR settings of a run (the manifest's `scalar` section); defaults are the paper's. */
+export interface ScalarConfig {
+  /** Whether to measure SCALAR at all (metrics alone are much faster). @default true */
+  enabled: boolean;
+  /** Integrated-gradient steps (α = linspace(0, 1, steps)). @default 5 */
+  igSteps: number;
+  /** Validation sequences the edge scores sum over (24 batches × 24). @default 576 */
+  igSequences: number;
+  /** Sequences per attribution batch. @default 24 */
+  igBatch: number;
+  /** Validation windows the KL curve averages over. @default 50 */
+  prompts: number;
+  /** Bootstrap resamples of each curve point's CI. @default 1000 */
+  bootstrap: number;
+}
+
+/** The paper's SCALAR settings. */
+export const SCALAR_DEFAULTS: Readonly<ScalarConfig> = Object.freeze({
+  enabled: true,
+  igSteps: 5,
+  igSequences: 576,
+  igBatch: 24,
+  prompts: 50,
+  bootstrap: 1000,
+});
+
+/** Everything that defines one run (its id is a hash of this). */
+export interface SaeRunConfig {
+  /** The trained model's checkpoint folder. */
+  modelDir: string;
+  /** Registered corpus. */
+  corpus: string;
+  /** Where the SAEs sit. */
+  position: Position;
+  /** The SAEs. */
+  sae: SaeConfig;
+  /** Their training. */
+  train: SaeTrainConfig;
+  /** Validation sequences for the metrics (0 = all). */
+  evalSequences: number;
+  /** SCALAR settings. */
+  scalar: ScalarConfig;
+}
+
+/** SCALAR of one pair. */
+export interface PairResult {
+  /** Upstream hook. */
+  up: string;
+  /** Downstream hook. */
+  down: string;
+  /** The pair's layer. */
+  layer: number;
+  /** F_up · F_down. */
+  eTot: number;
+  /** Attribution statistics. */
+  attribution: { tokens: number; zeroFraction: number; seconds: number };
+  /** The ablation curve. */
+  curve: CurvePoint[];
+  /** Areas under it. */
+  scores: ScalarScores;
+}
+
+/** What a finished run produced. */
+export interface SaeRunResult {
+  /** Training: steps, throughput, final losses. */
+  training: {
+    steps: number;
+    seconds: number;
+    tokensPerSecond: number;
+    losses: Record<string, number>;
+  };
+  /** Metrics on validation data. */
+  metrics: SaeEvaluation;
+  /** SCALAR per pair (empty when disabled). */
+  pairs: PairResult[];
+}
+
+/** Options of {@link runSaeExperiment}. */
+export interface RunSaeOptions {
+  /** The run's folder (SAE checkpoint under `saes/`, stage results as JSON). */
+  runDir: string;
+  /** Shared activation caches live under this folder. */
+  cacheRoot: string;
+  /** Seed of the SAE initialisation and every random choice of the run. */
+  seed: number;
+  /** Stops training early (checkpointed) when it fires. */
+  signal?: AbortSignal;
+  /** Progress lines. */
+  log: (line: string) => void;
+}
+
+async function readJson<T>(path: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path)) as T;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+}
+
+async function writeJson(path: string, value: unknown): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(tmp, JSON.stringify(value, null, 1));
+  await Deno.rename(tmp, path);
+}
+
+/**
+ * Runs one configuration: train (or resume) the SAEs, evaluate them, and measure SCALAR on every
+ * pair. Finished stages found in `runDir` are not redone.
+ *
+ * @param config The run's configuration.
+ * @param o Folders, seed and logging.
+ * @returns The run's results, or undefined when training was interrupted.
+ * @throws {ArchitectureError | CheckpointError | CorpusError | DivergenceError} As the stages do.
+ */
+export async function runSaeExperiment(
+  config: SaeRunConfig,
+  o: RunSaeOptions,
+): Promise<SaeRunResult | undefined> {
+  const { runDir, log } = o;
+  const { model, config: modelConfig } = await loadGpt(config.modelDir);
+  try {
+    const corpus = await resolveCorpus(config.corpus);
+    const split = splitTrainVal(encodeChars(corpus.text));
+    const { nLayer, dModel: d, nCtx } = model.config;
+    const positions = layoutPosition(config.position, nLayer);
+    const saes = buildSaes(config.sae, positions, d, o.seed);
+    try {
+      await Deno.mkdir(runDir, { recursive: true });
+      const fingerprint = modelFingerprint(await model.parameterValues());
+      const cache = await ensureActivationCache({
+        model,
+        tokens: split.train,
+        seqLen: nCtx,
+        hooks: positions.hooks,
+        root: o.cacheRoot,
+        key: { modelSha256: fingerprint, corpusSha256: corpus.sha256, split: "train" },
+        log,
+      });
+      const mlp = (layer: number) => ({
+        wFc: model.params.get(`h.${layer}.mlp.c_fc.weight`)! as tf.Tensor2D,
+        bFc: model.params.get(`h.${layer}.mlp.c_fc.bias`)! as tf.Tensor1D,
+        wProj: model.params.get(`h.${layer}.mlp.c_proj.weight`)! as tf.Tensor2D,
+      });
+      const trained = await trainSaes({
+        saes,
+        sae: config.sae,
+        train: config.train,
+        seqLen: nCtx,
+        d,
+        data: cache,
+        jacobian: config.sae.arch === "jsae"
+          ? {
+            pairs: positions.pairs,
+            loss: (pair, x, f) =>
+              jacobianLoss(
+                saes.weights(pair.up),
+                saes.weights(pair.down),
+                mlp(pair.layer),
+                x.get(pair.up)!,
+                f.get(pair.up)!,
+                f.get(pair.down)!,
+                saes.k,
+              ),
+          }
+          : undefined,
+        outDir: `${runDir}/saes`,
+        provenance: {
+          modelDir: config.modelDir,
+          position: config.position,
+          nLayer,
+          d,
+          corpus: { name: corpus.name, sha256: corpus.sha256 },
+          modelFingerprint: fingerprint,
+          modelValLoss: (modelConfig.history as { valLoss: number }[] | undefined)?.at(-1)?.valLoss,
+        },
+        signal: o.signal,
+        log,
+      });
+      if (trained.interrupted) return undefined;
+
+      let metrics = await readJson<SaeEvaluation>(`${runDir}/metrics.json`);
+      if (metrics === undefined) {
+        log("evaluating SAEs on validation data");
+        metrics = await evaluateSaes({
+          model,
+          saes,
+          tokens: split.val,
+          sequences: config.evalSequences || Math.floor(split.val.length / nCtx) - 1,
+          batchSequences: 32,
+          log,
+        });
+        await writeJson(`${runDir}/metrics.json`, metrics);
+      }
+
+      const pairs: PairResult[] = (await readJson<PairResult[]>(`${runDir}/scalar.json`)) ?? [];
+      if (config.scalar.enabled) {
+        for (const pair of positions.pairs.slice(pairs.length)) {
+          log(`SCALAR ${pair.up} → ${pair.down}: attribution`);
+          const attribution = await attributePair({
+            model,
+            saes,
+            pair,
+            tokens: split.val,
+            sequences: config.scalar.igSequences,
+            batchSequences: config.scalar.igBatch,
+            steps: config.scalar.igSteps,
+            log,
+          });
+          const fUp = saes.width(pair.up), fDown = saes.width(pair.down), eTot = fUp * fDown;
+          const order = rankEdges(attribution.scores, fUp, fDown, o.seed);
+          log(`SCALAR ${pair.up} → ${pair.down}: ablation curve`);
+          const curve = await ablationCurve({
+            model,
+            saes,
+            pair,
+            order,
+            counts: edgeCounts(eTot),
+            tokens: split.val,
+            prompts: config.scalar.prompts,
+            batchSequences: 10,
+            bootstrap: { resamples: config.scalar.bootstrap, seed: o.seed },
+            log,
+          });
+          pairs.push({
+            up: pair.up,
+            down: pair.down,
+            layer: pair.layer,
+            eTot,
+            attribution: {
+              tokens: attribution.tokens,
+              zeroFraction: attribution.zeroFraction,
+              seconds: attribution.seconds,
+            },
+            curve,
+            scores: scalarScores(curve, eTot),
+          });
+          // Each pair is saved as it finishes: an interrupted run resumes at the next pair.
+          await writeJson(`${runDir}/scalar.json`, pairs);
+        }
+      }
+      return {
+        training: {
+          steps: trained.step,
+          seconds: trained.seconds,
+          tokensPerSecond: trained.tokensPerSecond,
+          losses: trained.losses,
+        },
+        metrics,
+        pairs,
+      };
+    } finally {
+      saes.dispose();
+    }
+  } finally {
+    model.dispose();
+  }
+}
