@@ -8,6 +8,7 @@
  * @module
  */
 import { describeBackend, selectBackend, useStockBackend } from "../backend/select.ts";
+import { attributionBatched, attributionReference } from "../bench/attribution_case.ts";
 import { type BenchCase, gptTrainStep, saeTopkStep, timeCase } from "../bench/cases.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 
@@ -17,6 +18,8 @@ interface Timing {
   config: string;
   ms: number;
   detail: string;
+  /** A baseline timed in the same process instead of the PyTorch peer (e.g. a slow reference). */
+  baselineMs?: number;
 }
 
 /** One output row: ours against the peer. */
@@ -35,6 +38,7 @@ export interface BenchRow {
 
 const CONFIGS = {
   ours: { cases: [saeTopkStep, gptTrainStep], label: "" },
+  attribution: { cases: [], label: " (vs per-target loop)" },
   "stock-cpu": { cases: [saeTopkStep], label: " (stock tfjs cpu)" },
   "stock-wasm": { cases: [saeTopkStep], label: " (stock tfjs wasm)" },
 } as const;
@@ -43,7 +47,7 @@ type Config = keyof typeof CONFIGS;
 /** Runs one configuration in this process and prints its timings as JSON lines. */
 async function runConfig(config: Config, reps: number): Promise<void> {
   let backend: string;
-  if (config === "ours") {
+  if (config === "ours" || config === "attribution") {
     const selected = await selectBackend("auto");
     console.error(describeBackend(selected));
     backend = selected.detail;
@@ -52,6 +56,23 @@ async function runConfig(config: Config, reps: number): Promise<void> {
     const name = config === "stock-cpu" ? "cpu" : "wasm";
     await useStockBackend(name);
     backend = `${name} (stock tfjs)`;
+  }
+  if (config === "attribution") {
+    // Both sides are ours: the batched attribution against the reference's per-target loop, each
+    // timed on a sample and scaled to the whole pair.
+    const [fast, slow] = [attributionBatched(0), attributionReference(0)];
+    const [f, s] = [await timeCase(fast, 1, 1), await timeCase(slow, 1, 1)];
+    const row: Timing = {
+      name: fast.name,
+      config,
+      ms: f.medianMs * fast.timeScale,
+      baselineMs: s.medianMs * slow.timeScale,
+      detail: `${fast.detail}; reference: ${slow.detail}; ${backend}`,
+    };
+    console.log(JSON.stringify(row));
+    fast.dispose();
+    slow.dispose();
+    return;
   }
   for (const make of CONFIGS[config].cases) {
     const c: BenchCase = make(0);
@@ -122,8 +143,10 @@ export const benchCommand: Command = {
 
 Times, in one run on this machine: (a) a TopK SAE training step (16,384 tokens × d 64 → 512
 features, k 10, AdamW), (b) a toy-GPT training step (32 × 128 tokens), (c) stock tfjs cpu and
-wasm on (a), and the PyTorch peer (tests/bench/peer_torch.py, when python3 has torch) on (a) and
-(b). Prints median step times and ratio = peer_ms / ours_ms (above 1: we are faster).
+wasm on (a), the PyTorch peer (tests/bench/peer_torch.py, when python3 has torch) on (a) and
+(b), and (d) SCALAR edge attribution of one toy mlp-block pair (512 × 512, 24 × 24 sequences,
+4 steps) batched against the reference's per-target loop (both sampled and scaled to the whole
+pair). Prints median step times and ratio = baseline_ms / ours_ms (above 1: we are faster).
 
 Options:
   --json     one JSON object per row: name, ours_ms, peer_ms, ratio, backend
@@ -152,7 +175,7 @@ Options:
     console.error("timing the PyTorch peer…");
     const peer = await peerTimings(reps);
     const rows: BenchRow[] = timings.map((t) => {
-      const peerMs = peer.get(t.name) ?? null;
+      const peerMs = t.baselineMs ?? peer.get(t.name) ?? null;
       return {
         name: t.name + CONFIGS[t.config as Config].label,
         ours_ms: round(t.ms),
