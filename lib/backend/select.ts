@@ -11,6 +11,8 @@ import { createRequire } from "node:module";
 import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
+import { registerGeluKernels } from "./gelu_kernel.ts";
+import { registerSharedIdentity } from "./identity_kernel.ts";
 import { registerReduceKernels } from "./reduce_kernels.ts";
 import { registerScatterKernels } from "./scatter_kernels.ts";
 import { registerTopkReluKernel } from "./topk_relu_kernel.ts";
@@ -105,13 +107,16 @@ export async function useStockBackend(name: CpuKernelBackend): Promise<boolean> 
 /**
  * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
  * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes,
- * gathers and scatter-adds, and the SAE TopK selection.
+ * gathers and scatter-adds, fused GELU, the SAE TopK selection, and (wasm) tape copies that share
+ * memory.
  */
 async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
   if (!(await useStockBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
   registerTopkReluKernel(name);
   registerReduceKernels(name);
   registerScatterKernels(name);
+  registerGeluKernels(name);
+  if (name === "wasm") registerSharedIdentity();
   const blas = openBlas();
   if ("error" in blas) return { ok: true, detail: `${name} (stock matmul)`, blas: blas.error };
   registerBlasKernels(blas, name);

@@ -10,6 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from "../backend/gelu_kernel.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 
 /** Shape of a GPT (the fields of a Hugging Face GPT-2 `config.json`, in our names). */
@@ -145,6 +146,26 @@ export function hookNames(c: GPTConfig): string[] {
   }
   names.push("ln_final.hook_normalized");
   return names;
+}
+
+/**
+ * The activations a run starting at `hook` needs in `start.context`: the sources of the skip
+ * connections that jump over it (e.g. `hook_resid_mid` when starting at `hook_mlp_out`).
+ *
+ * @param hook The start hook.
+ * @returns Earlier hook names (empty for hooks on the residual stream).
+ *
+ * @example
+ * ```ts
+ * import { skipInputs } from "./gpt.ts";
+ * if (skipInputs("blocks.2.hook_mlp_out")[0] !== "blocks.2.hook_resid_mid") throw new Error();
+ * ```
+ */
+export function skipInputs(hook: string): string[] {
+  if (hook === "hook_pos_embed") return ["hook_embed"];
+  const m = /^blocks\.(\d+)\.(hook_attn_out|hook_mlp_in|mlp\.hook_post|hook_mlp_out)$/.exec(hook);
+  if (m === null) return [];
+  return [`blocks.${m[1]}.${m[2] === "hook_attn_out" ? "hook_resid_pre" : "hook_resid_mid"}`];
 }
 
 /** Where a forward pass ends: a hook point or the logits. */
@@ -408,14 +429,35 @@ export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps 
 }
 
 /**
- * GELU with GPT-2's tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
+ * GELU with GPT-2's tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))). Runs as one fused
+ * kernel each way where the backend has it (`lib/backend/gelu_kernel.ts`), else as stock ops (the
+ * reference the kernel is tested against).
  *
  * @param x Input.
  * @returns GELU(x), elementwise.
  */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
-  const inner = x.add(x.mul(x).mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
-  return x.mul(0.5).mul(tf.tanh(inner).add(1));
+  const backend = tf.getBackend();
+  if (
+    x.dtype !== "float32" || !tf.getKernel(GELU_TANH_KERNEL, backend) ||
+    !tf.getKernel(GELU_TANH_GRAD_KERNEL, backend)
+  ) {
+    // The reference, on backends without the fused kernels (and what those are tested against).
+    const inner = x.add(x.mul(x).mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
+    return x.mul(0.5).mul(tf.tanh(inner).add(1));
+  }
+  // One pass each way instead of ~10 elementwise kernels forward and ~20 backward; only x is
+  // saved for the gradient, which recomputes the rest more cheaply than storing it.
+  const fused = tf.customGrad((input, save) => {
+    const t = input as tf.Tensor;
+    (save as tf.GradSaveFunc)([t]);
+    return {
+      value: tf.engine().runKernel(GELU_TANH_KERNEL, { x: t }) as tf.Tensor,
+      gradFunc: (dy, saved) =>
+        tf.engine().runKernel(GELU_TANH_GRAD_KERNEL, { dy: dy as tf.Tensor, x: saved[0]! }),
+    };
+  });
+  return fused(x);
 }
 
 /**

@@ -17,7 +17,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { evalBatches } from "../data/batches.ts";
-import { type GPT, hookNames } from "../model/gpt.ts";
+import { type GPT, hookNames, skipInputs } from "../model/gpt.ts";
 import { Progress } from "../util/progress.ts";
 import type { SaeSet } from "./architectures.ts";
 import { decode, encode } from "./sae.ts";
@@ -264,17 +264,6 @@ export function reconstructionMetrics(
   return tally.finish();
 }
 
-/**
- * The activations a run starting at `hook` needs from before it: the sources of the skip
- * connections that jump over the hook (see `GPT.run`'s `start.context`).
- */
-function skipSources(hook: string): string[] {
-  if (hook === "hook_pos_embed") return ["hook_embed"];
-  const m = /^blocks\.(\d+)\.(hook_attn_out|hook_mlp_in|mlp\.hook_post|hook_mlp_out)$/.exec(hook);
-  if (m === null) return [];
-  return [`blocks.${m[1]}.${m[2] === "hook_attn_out" ? "hook_resid_pre" : "hook_resid_mid"}`];
-}
-
 /** Running float64 sums of per-token CE and KL. */
 interface SpliceTally {
   ce: number;
@@ -331,7 +320,7 @@ export async function evaluateSaes(o: EvaluateSaesOptions): Promise<SaeEvaluatio
   // Checks sizes and token count before any work.
   const batches = evalBatches(tokens, { windows: sequences, seqLen: T, batchSize: batchSequences });
   const hooks = [...saes.hooks].sort((a, b) => order.indexOf(a) - order.indexOf(b));
-  const cached = [...new Set([...hooks, ...hooks.flatMap(skipSources)])];
+  const cached = [...new Set([...hooks, ...hooks.flatMap(skipInputs)])];
   // Staircase weights are fresh slices: read the shapes inside a tidy so that none leak.
   const dims = new Map(hooks.map((h) => [h, tf.tidy(() => saes.weights(h).wDec.shape[1])]));
   const recon = new Map(
@@ -376,7 +365,7 @@ export async function evaluateSaes(o: EvaluateSaesOptions): Promise<SaeEvaluatio
       const picked = tf.tensor1d(batch.targets.map((id, t) => t * V + id), "int32");
       const nll = (logP: tf.Tensor) => tf.gather(logP.reshape([N * V]), picked).neg();
       const kl = (logQ: tf.Tensor) => cleanP.mul(cleanLogP!.sub(logQ)).sum(1);
-      const context = (hook: string) => new Map(skipSources(hook).map((s) => [s, acts.get(s)!]));
+      const context = (hook: string) => new Map(skipInputs(hook).map((s) => [s, acts.get(s)!]));
       // Runs from `hook` (given its value) to the logits; returns per-token NLL and KL, freeing the
       // pass's own activations at once (one pass of logits at a time is held).
       const from = (

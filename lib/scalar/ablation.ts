@@ -25,9 +25,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { type GPT, hookNames, LOGITS } from "../model/gpt.ts";
+import { type GPT, LOGITS, skipInputs } from "../model/gpt.ts";
 import type { SaeSet } from "../sae/architectures.ts";
-import type { SaePair } from "../sae/positions.ts";
+import { isTokenwisePair, type SaePair } from "../sae/positions.ts";
 import { decode, encode, preActivations, type SaeWeights } from "../sae/sae.ts";
 import { createRng } from "../util/rng.ts";
 import type { CurvePoint } from "./score.ts";
@@ -50,32 +50,6 @@ export const KL_EPS = 1e-8;
 export function modelSegment(model: GPT, pair: SaePair): Segment {
   return (x) =>
     model.run({ start: { hook: pair.up, value: x }, stopAt: pair.down }).output as tf.Tensor3D;
-}
-
-/**
- * Whether a pair's segment maps every position on its own: true when no attention (nor embedding)
- * lies between the hooks (`mlp`, `mlp-block`), false across a whole block (`block`).
- *
- * @param model The model.
- * @param pair The SAE pair.
- * @returns Whether per-token sharing is valid for the segment.
- */
-export function isTokenwise(model: GPT, pair: SaePair): boolean {
-  const names = hookNames(model.config);
-  const from = names.indexOf(pair.up), to = names.indexOf(pair.down);
-  return from >= 0 && to > from &&
-    !names.slice(from + 1, to + 1).some((h) => /hook_attn_out|hook_embed|hook_pos_embed/.test(h));
-}
-
-/**
- * The activations a run starting at `hook` needs from a clean run: the sources of the skip
- * connections that jump over it (`GPT.run`'s `start.context`), e.g. `hook_resid_mid` for
- * `hook_mlp_out`.
- */
-function contextHooks(hook: string): string[] {
-  const m = /^blocks\.(\d+)\.(hook_attn_out|hook_mlp_in|mlp\.hook_post|hook_mlp_out)$/.exec(hook);
-  if (m === null) return [];
-  return [`blocks.${m[1]}.${m[2] === "hook_attn_out" ? "hook_resid_pre" : "hook_resid_mid"}`];
 }
 
 /**
@@ -678,7 +652,7 @@ export interface AblationCurveOptions {
   bootstrap: { resamples?: number; seed: number };
   /**
    * Share work per token ({@link Subcircuit}); only for segments without attention.
-   * @default isTokenwise(model, pair)
+   * @default isTokenwisePair(pair)
    */
   tokenwise?: boolean;
   /** Where progress lines go. @default a line on stderr */
@@ -737,8 +711,8 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
   if (!Number.isSafeInteger(batchSequences) || batchSequences <= 0) {
     throw new RangeError(`Cannot use batch size "${batchSequences}": not a positive integer`);
   }
-  const tokenwise = o.tokenwise ?? isTokenwise(model, pair);
-  if (tokenwise && !isTokenwise(model, pair)) {
+  const tokenwise = o.tokenwise ?? isTokenwisePair(pair);
+  if (tokenwise && !isTokenwisePair(pair)) {
     throw new RangeError(
       `Cannot share work per token for pair ${pair.up} → ${pair.down}: its segment mixes positions`,
     );
@@ -756,7 +730,7 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
     batchSequences,
     tokenwise,
   };
-  const ctxHooks = contextHooks(pair.down);
+  const ctxHooks = skipInputs(pair.down);
   const batches: { first: number; rows: number; context: Map<string, tf.Tensor> }[] = [];
   const z0Parts: tf.Tensor[] = [];
   let z0: tf.Tensor3D | undefined;

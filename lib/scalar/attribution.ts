@@ -45,7 +45,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { GPT } from "../model/gpt.ts";
 import type { SaeSet } from "../sae/architectures.ts";
-import type { SaePair } from "../sae/positions.ts";
+import { isTokenwisePair, type SaePair } from "../sae/positions.ts";
 import { decode, encode } from "../sae/sae.ts";
 
 /** How {@link attributePair} lays out its backward rows. */
@@ -131,30 +131,6 @@ export interface ReferenceAttributionOptions
 }
 
 const DEFAULT_MEMORY = 256 * 1024 * 1024;
-
-/** Hooks a pair's segment may start at and end at when it acts on each token alone. */
-const TOKENWISE_UP = /^blocks\.(\d+)\.(hook_resid_mid|hook_mlp_in|mlp\.hook_post)$/;
-const TOKENWISE_DOWN = /^blocks\.(\d+)\.(hook_mlp_in|mlp\.hook_post|hook_mlp_out|hook_resid_post)$/;
-
-/**
- * Whether the segment between a pair's hooks acts on each token alone (no attention in between):
- * true for `mlp` and `mlp-block` pairs, false for `block` pairs.
- *
- * @param pair The SAE pair.
- * @returns True when both hooks lie in the MLP half of one block.
- *
- * @example
- * ```ts
- * import { isTokenwisePair } from "./attribution.ts";
- * const mlpBlock = { up: "blocks.0.hook_resid_mid", down: "blocks.0.hook_resid_post", layer: 0 };
- * const block = { up: "blocks.0.hook_resid_pre", down: "blocks.1.hook_resid_pre", layer: 0 };
- * if (!isTokenwisePair(mlpBlock) || isTokenwisePair(block)) throw new Error("wrong");
- * ```
- */
-export function isTokenwisePair(pair: SaePair): boolean {
-  const up = TOKENWISE_UP.exec(pair.up), down = TOKENWISE_DOWN.exec(pair.down);
-  return up !== null && down !== null && up[1] === down[1];
-}
 
 /** α = linspace(0, 1, S) as torch computes it: [0] for S = 1, both ends otherwise. */
 function alphas(steps: number): number[] {

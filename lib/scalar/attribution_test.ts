@@ -2,15 +2,10 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { GPT, type GPTConfig } from "../model/gpt.ts";
 import { buildSaes, type SaeSet } from "../sae/architectures.ts";
-import { layoutPosition, type Position, POSITIONS } from "../sae/positions.ts";
+import { isTokenwisePair, layoutPosition, type Position, POSITIONS } from "../sae/positions.ts";
 import { decode, encode } from "../sae/sae.ts";
 import { createRng, normalArray } from "../util/rng.ts";
-import {
-  attributePair,
-  attributePairReference,
-  type Attribution,
-  isTokenwisePair,
-} from "./attribution.ts";
+import { attributePair, attributePairReference, type Attribution } from "./attribution.ts";
 
 const CONFIG: GPTConfig = {
   nLayer: 2,
