@@ -9,31 +9,23 @@ import { CorpusError } from "../data/corpus.ts";
 import { ManifestError } from "../experiment/manifest_source.ts";
 import { CheckpointError } from "../model/checkpoint.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
+import { ArchitectureError } from "../sae/architectures.ts";
+import { StoreError } from "../store/db.ts";
 import { DivergenceError } from "../optim/training_loop.ts";
 import { type Command, UsageError } from "./args.ts";
 import { trainModelCommand } from "./train_model.ts";
 import { benchCommand } from "./bench.ts";
 import { featuresCommand } from "./features.ts";
-
-/** A command that a later part of the project provides. */
-function notYet(summary: string, what: string): Command {
-  return {
-    summary: `${summary} (not yet available)`,
-    help: `${summary}.\n\nNot yet available: ${what}.`,
-    run() {
-      console.error(`Not yet available: ${what}`);
-      return Promise.resolve(1);
-    },
-  };
-}
+import { queryCommand, reportCommand } from "./results.ts";
+import { planCommand, runCommand } from "./run.ts";
 
 /** Every subcommand, by name. */
 export const COMMANDS: Readonly<Record<string, Command>> = {
   "train-model": trainModelCommand,
-  run: notYet("run an experiment manifest's pending runs", "the experiment runner"),
-  plan: notYet("list an experiment manifest's runs and their status", "the experiment runner"),
-  report: notYet("print mean ± std tables of stored results", "the results store"),
-  query: notYet("run SQL over stored results", "the results store"),
+  run: runCommand,
+  plan: planCommand,
+  report: reportCommand,
+  query: queryCommand,
   bench: benchCommand,
   features: featuresCommand,
 };
@@ -56,6 +48,8 @@ const EXPECTED_ERRORS = [
   CheckpointError,
   SafetensorsError,
   DivergenceError,
+  ArchitectureError,
+  StoreError,
 ];
 
 /**

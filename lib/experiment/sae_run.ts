@@ -83,6 +83,18 @@ export interface PairResult {
   scores: ScalarScores;
 }
 
+/** One SAE's training loss and L0 at one progress line. */
+export interface TrainLogEntry {
+  /** The step. */
+  step: number;
+  /** The SAE's hook. */
+  sae: string;
+  /** Its reconstruction loss on that step's batch. */
+  loss: number;
+  /** Its mean number of active features on that batch. */
+  l0: number;
+}
+
 /** What a finished run produced. */
 export interface SaeRunResult {
   /** Training: steps, throughput, final losses. */
@@ -96,6 +108,8 @@ export interface SaeRunResult {
   metrics: SaeEvaluation;
   /** SCALAR per pair (empty when disabled). */
   pairs: PairResult[];
+  /** Per-SAE loss and L0 at every progress line of training (resumed runs included). */
+  trainLog: TrainLogEntry[];
 }
 
 /** Options of {@link runSaeExperiment}. */
@@ -119,6 +133,23 @@ async function readJson<T>(path: string): Promise<T | undefined> {
     if (e instanceof Deno.errors.NotFound) return undefined;
     throw e;
   }
+}
+
+/** Reads the training log; entries repeated by a resume (same step and SAE) keep the last. */
+async function readTrainLog(path: string): Promise<TrainLogEntry[]> {
+  let text = "";
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const byKey = new Map<string, TrainLogEntry>();
+  for (const line of text.split("\n")) {
+    if (!line) continue;
+    const e = JSON.parse(line) as TrainLogEntry;
+    byKey.set(`${e.step} ${e.sae}`, e);
+  }
+  return [...byKey.values()].sort((a, b) => a.step - b.step || a.sae.localeCompare(b.sae));
 }
 
 async function writeJson(path: string, value: unknown): Promise<void> {
@@ -188,6 +219,13 @@ export async function runSaeExperiment(
           }
           : undefined,
         outDir: `${runDir}/saes`,
+        // Appended as training goes, so a resumed run keeps the log of its earlier part.
+        onReport: (step, entries) =>
+          Deno.writeTextFileSync(
+            `${runDir}/train_log.jsonl`,
+            entries.map((e) => JSON.stringify({ step, ...e }) + "\n").join(""),
+            { append: true },
+          ),
         provenance: {
           modelDir: config.modelDir,
           position: config.position,
@@ -263,6 +301,7 @@ export async function runSaeExperiment(
         }
       }
       return {
+        trainLog: await readTrainLog(`${runDir}/train_log.jsonl`),
         training: {
           steps: trained.step,
           seconds: trained.seconds,

@@ -103,6 +103,8 @@ export interface TrainSaesOptions {
   signal?: AbortSignal;
   /** Where progress lines go. @default stderr */
   log?: (line: string) => void;
+  /** Receives each SAE's loss and L0 at every progress line (for the training log). */
+  onReport?: (step: number, entries: { sae: string; loss: number; l0: number }[]) => void;
 }
 
 /** What {@link trainSaes} returns. */
@@ -203,6 +205,10 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
     },
     report(step, values) {
       hooks.forEach((h, i) => (losses[h] = values[i]!));
+      o.onReport?.(
+        step,
+        hooks.map((h, i) => ({ sae: h, loss: values[i]!, l0: values[components.length + i]! })),
+      );
       const l0 = Array.from(values.subarray(components.length), (v) => v.toFixed(1)).join("/");
       const total = values.subarray(0, components.length).reduce((a, b) => a + b, 0);
       return `loss ${total.toFixed(4)} (${hooks.map((h) => losses[h]!.toFixed(3)).join("/")}) | ` +

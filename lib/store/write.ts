@@ -55,20 +55,8 @@ export interface RunRecord {
   finishedAt?: Date;
 }
 
-/** One point of an SAE's training log. */
-export interface TrainLogEntry {
-  /** The training step. */
-  step: number;
-  /** The SAE's hook. */
-  sae: string;
-  /** Its training loss. */
-  loss: number;
-  /** Its mean active features per token, if logged. */
-  l0?: number | null;
-}
-
-/** A finished run's results, with its training log when the runner collected one. */
-export type RunResult = SaeRunResult & { trainLog?: readonly TrainLogEntry[] };
+/** A finished run's results. */
+export type RunResult = SaeRunResult;
 
 /** A failed run: its error message. */
 export interface RunFailure {

@@ -1,0 +1,187 @@
+/**
+ * `run MANIFEST` and `plan MANIFEST`: expand an experiment manifest into its grid of runs, show
+ * their status, and run the pending ones, each stored in the results database in one transaction.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { backendChoiceFrom, describeBackend, selectBackend } from "../backend/select.ts";
+import {
+  type ExpandedRun,
+  expandManifest,
+  type ManifestExpansion,
+} from "../experiment/manifest.ts";
+import { runSaeExperiment } from "../experiment/sae_run.ts";
+import { openStore, type Store } from "../store/db.ts";
+import { markRunning, type RunRecord, runStatuses, storeRun } from "../store/write.ts";
+import { formatDuration } from "../util/progress.ts";
+import { type Command, parseCommandArgs, UsageError } from "./args.ts";
+
+/** Where results go unless `--db` says otherwise. */
+export const DEFAULT_DB = "results/scalar.duckdb";
+
+const COMMON_HELP = `  --db PATH        results database (default ${DEFAULT_DB})
+  --only KEY=VALUE only runs whose varied parameter (or seed) has this value; repeatable
+  -h, --help       show this help`;
+
+/** Opens the store for one short piece of work: DuckDB lets one writer hold the file at a time. */
+async function withStore<T>(db: string, work: (store: Store) => Promise<T>): Promise<T> {
+  const store = await openStore(db);
+  try {
+    return await work(store);
+  } finally {
+    store.close();
+  }
+}
+
+/** Applies `--only key=value` filters to the grid. */
+function filterRuns(runs: ExpandedRun[], only: string[]): ExpandedRun[] {
+  const filters = only.map((f) => {
+    const eq = f.indexOf("=");
+    if (eq <= 0) throw new UsageError(`--only expects KEY=VALUE, got "${f}"`);
+    return [f.slice(0, eq), f.slice(eq + 1)] as const;
+  });
+  return runs.filter((r) =>
+    filters.every(([key, value]) =>
+      String(key === "seed" ? r.seed : (r.varied as Record<string, unknown>)[key]) === value
+    )
+  );
+}
+
+function describeRun(r: ExpandedRun): string {
+  const parts = Object.entries(r.varied).map(([k, v]) => `${k}=${v}`);
+  return [...parts, `seed=${r.seed}`].join(" ");
+}
+
+async function loadGrid(args: string[]) {
+  const { values, positionals } = parseCommandArgs(args, {
+    db: { type: "string" },
+    only: { type: "string", multiple: true },
+    backend: { type: "string" },
+    force: { type: "boolean" },
+    "fail-fast": { type: "boolean" },
+  });
+  if (positionals.length !== 1) throw new UsageError("expected exactly one MANIFEST path");
+  const expansion: ManifestExpansion = await expandManifest(positionals[0]!);
+  const runs = filterRuns(expansion.runs, values.only ?? []);
+  const db = values.db ?? DEFAULT_DB;
+  const statuses = await withStore(db, (s) => runStatuses(s, expansion.manifest.name));
+  return { values, expansion, runs, db, statuses };
+}
+
+/** The `plan` command. */
+export const planCommand: Command = {
+  summary: "list an experiment manifest's runs and their status (done/failed/pending)",
+  help: `Usage: deno task plan MANIFEST [--only KEY=VALUE] [--db PATH]
+
+Checks the manifest exactly as run does, expands its matrix and lists every run: its id, the
+values it varies, and its status in the results database (done, failed, or pending).
+
+Options:
+${COMMON_HELP}`,
+  async run(args) {
+    const { expansion, runs, statuses } = await loadGrid(args);
+    console.log(`${expansion.manifest.name}: ${runs.length} runs`);
+    for (const r of runs) {
+      const s = statuses.get(r.id);
+      const status = s?.status === "done" || s?.status === "failed" ? s.status : "pending";
+      console.log(
+        `${r.id}  ${status.padEnd(7)}  ${describeRun(r)}${s?.error ? `  (${s.error})` : ""}`,
+      );
+    }
+    return 0;
+  },
+};
+
+/** The `run` command. */
+export const runCommand: Command = {
+  summary: "run an experiment manifest's pending runs and store every result",
+  help:
+    `Usage: deno task run MANIFEST [--backend NAME] [--force] [--fail-fast] [--only KEY=VALUE] [--db PATH]
+
+Expands the manifest's matrix and runs every run that is not done yet: trains the SAEs (sharing
+the model's activation cache between runs), evaluates them, measures SCALAR, and stores all of it
+in the results database in one transaction per run. A run's id is a hash of its resolved config,
+so running the manifest again skips finished runs; an interrupted run resumes from its
+checkpoint. A failed run records its error and the grid goes on.
+
+Options:
+  --backend NAME   auto | tensorflow | webgpu | wasm | cpu (default: $SCALAR_BACKEND, then the
+                   manifest's backend)
+  --force          run done runs again
+  --fail-fast      stop at the first failed run
+${COMMON_HELP}`,
+  async run(args) {
+    const { values, expansion, runs, db, statuses } = await loadGrid(args);
+    const { manifest } = expansion;
+    const pending = runs.filter((r) => values.force || statuses.get(r.id)?.status !== "done");
+    console.error(`${manifest.name}: ${runs.length} runs, ${pending.length} to run`);
+    if (pending.length === 0) return 0;
+    const backend = await selectBackend(backendChoiceFrom(values.backend, manifest.backend));
+    console.error(describeBackend(backend));
+
+    const abort = new AbortController();
+    const onInterrupt = () => {
+      if (abort.signal.aborted) Deno.exit(130);
+      console.error("\ninterrupt: saving a checkpoint of the current run (Ctrl-C again to quit)");
+      abort.abort();
+    };
+    Deno.addSignalListener("SIGINT", onInterrupt);
+    const began = performance.now();
+    const summary: string[] = [];
+    let failed = 0;
+    try {
+      for (const [i, r] of pending.entries()) {
+        const done = performance.now() - began;
+        const eta = i === 0 ? "?" : formatDuration((done / i) * (pending.length - i) / 1000);
+        console.error(`\n[run ${i + 1}/${pending.length}, ETA ${eta}] ${r.id}: ${describeRun(r)}`);
+        const record: RunRecord = {
+          id: r.id,
+          experiment: manifest.name,
+          manifestPath: manifest.file,
+          config: r.config,
+          varied: r.varied,
+          seed: r.seed,
+          backend: backend.detail,
+          versions: { deno: Deno.version.deno, tfjs: tf.version_core, scalarLab: "0.1.0" },
+          startedAt: new Date(),
+          wallSeconds: 0,
+        };
+        await withStore(db, (s) => markRunning(s, record));
+        const t0 = performance.now();
+        try {
+          const result = await runSaeExperiment(r.config, {
+            runDir: `results/runs/${r.id}`,
+            cacheRoot: "results/cache",
+            seed: r.seed,
+            signal: abort.signal,
+            log: (line) => console.error(`  ${line}`),
+          });
+          if (result === undefined) {
+            console.error("interrupted: run the same command again to resume");
+            return 130;
+          }
+          record.wallSeconds = (performance.now() - t0) / 1000;
+          await withStore(db, (s) => storeRun(s, record, result));
+          const ce = result.metrics.run.ce_loss_all_increase;
+          summary.push(`${r.id}  done    ${describeRun(r)}  ce_loss_all_increase=${ce.toFixed(4)}`);
+        } catch (e) {
+          failed++;
+          const message = e instanceof Error ? e.message : String(e);
+          record.wallSeconds = (performance.now() - t0) / 1000;
+          await withStore(db, (s) => storeRun(s, record, { error: message }));
+          console.error(`run ${r.id} failed: ${message}`);
+          summary.push(`${r.id}  failed  ${describeRun(r)}  ${message.split("\n")[0]}`);
+          if (values["fail-fast"]) break;
+        }
+      }
+    } finally {
+      Deno.removeSignalListener("SIGINT", onInterrupt);
+    }
+    console.log(summary.join("\n"));
+    console.error(
+      `\n${summary.length - failed} done, ${failed} failed; see: deno task report ${manifest.file}`,
+    );
+    return failed ? 1 : 0;
+  },
+};
