@@ -1,0 +1,141 @@
+/**
+ * The runner end to end on a tiny model: a 2-run grid runs, lands in the database, is skipped
+ * when run again, and reports; a killed grid resumes to the same rows.
+ */
+import assert from "node:assert/strict";
+import { GPT, type GPTConfig } from "../lib/model/gpt.ts";
+import { gptTensors } from "../lib/model/gpt_checkpoint.ts";
+import { saveCheckpoint } from "../lib/model/checkpoint.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const TINY: GPTConfig = {
+  nLayer: 1,
+  nHead: 2,
+  dModel: 8,
+  dMlp: 16,
+  nCtx: 16,
+  vocabSize: 128,
+  lnEps: 1e-5,
+};
+const dataDir = Deno.env.get("SCALAR_DATA_DIR");
+
+async function cli(cwd: string, ...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    cwd,
+    env: { NO_COLOR: "1", SCALAR_BACKEND: "wasm" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+async function setUp(): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  const model = GPT.init(TINY, 3);
+  await saveCheckpoint(`${dir}/model`, {
+    config: { format: "scalar-lab/gpt", model: TINY, tokenizer: "char" },
+    params: gptTensors(TINY, await model.parameterValues()),
+  });
+  model.dispose();
+  await Deno.writeTextFile(
+    `${dir}/grid.yaml`,
+    `name: tiny-grid
+model: { kind: toy, checkpoint: model }
+position: mlp-block
+sae: { arch: topk, features: 16, k: 2 }
+train: { steps: 6, batch: 4, warmup: 1, log_every: 2, checkpoint_every: 3 }
+eval: { sequences: 8 }
+scalar: { ig_steps: 2, ig_batches: 1, ig_batch_size: 2, prompts: 2, bootstrap: 50 }
+seeds: [0]
+matrix:
+  sae.arch: [topk, staircase]
+`,
+  );
+  return dir;
+}
+
+Deno.test({
+  name: "run → plan → report → query on a tiny model, and a second run skips finished runs",
+  ignore: dataDir === undefined,
+  async fn() {
+    const dir = await setUp();
+    const first = await cli(dir, "run", "grid.yaml");
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stdout, /done\s+sae\.arch=topk seed=0/);
+    assert.match(first.stdout, /done\s+sae\.arch=staircase seed=0/);
+    const again = await cli(dir, "run", "grid.yaml");
+    assert.match(again.stderr, /tiny-grid: 2 runs, 0 to run/);
+    const plan = await cli(dir, "plan", "grid.yaml");
+    assert.equal(plan.stdout.match(/ done /g)?.length, 2);
+    const report = await cli(dir, "report", "grid.yaml");
+    assert.match(report.stdout, /\| staircase \| n=1 \|/);
+    const counts = await cli(
+      dir,
+      "query",
+      "select (select count(*) from runs) as runs, (select count(*) from scalar_curves) > 0 as curves, " +
+        "(select count(distinct sae) from train_log) as saes",
+      "--format",
+      "csv",
+    );
+    assert.equal(counts.stdout.trim(), "runs,curves,saes\n2,true,2");
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "a grid killed mid-run resumes to the same rows as an uninterrupted one",
+  ignore: dataDir === undefined,
+  async fn() {
+    const dir = await setUp();
+    // Kill the first attempt as soon as its first run is marked running.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, "run", "grid.yaml"],
+      cwd: dir,
+      env: { NO_COLOR: "1", SCALAR_BACKEND: "wasm" },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stderr.getReader();
+    let seen = "";
+    while (!/step\s+3\/6/.test(seen)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      seen += new TextDecoder().decode(value);
+    }
+    child.kill("SIGKILL");
+    await child.status;
+    reader.releaseLock();
+    const resumed = await cli(dir, "run", "grid.yaml");
+    assert.equal(resumed.code, 0, resumed.stderr);
+    const rows = await cli(
+      dir,
+      "query",
+      "select status, count(*) as n from runs group by status order by status",
+      "--format",
+      "csv",
+    );
+    assert.equal(rows.stdout.trim(), "status,n\ndone,2");
+    const dupes = await cli(
+      dir,
+      "query",
+      "select count(*) as n from (select run_id, sae, metric, count(*) c from metrics group by all having c > 1)",
+      "--format",
+      "csv",
+    );
+    assert.equal(dupes.stdout.trim(), "n\n0");
+    // The same numbers as a grid that was never interrupted (timings aside).
+    const straight = await setUp();
+    assert.equal((await cli(straight, "run", "grid.yaml")).code, 0);
+    const sql = "select run_id, sae, metric, value from metrics where metric not like 'train_%' and metric not like '%seconds' " +
+      "union all select run_id, pair, 'kl', kl_model from scalar_curves order by all";
+    const [a, b] = await Promise.all(
+      [dir, straight].map((d) => cli(d, "query", sql, "--format", "csv")),
+    );
+    assert.ok(a!.stdout.split("\n").length > 50);
+    assert.equal(a!.stdout, b!.stdout);
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(straight, { recursive: true });
+  },
+});
