@@ -128,7 +128,8 @@ Deno.test({
     // The same numbers as a grid that was never interrupted (timings aside).
     const straight = await setUp();
     assert.equal((await cli(straight, "run", "grid.yaml")).code, 0);
-    const sql = "select run_id, sae, metric, value from metrics where metric not like 'train_%' and metric not like '%seconds' " +
+    const sql =
+      "select run_id, sae, metric, value from metrics where metric not like 'train_%' and metric not like '%seconds' " +
       "union all select run_id, pair, 'kl', kl_model from scalar_curves order by all";
     const [a, b] = await Promise.all(
       [dir, straight].map((d) => cli(d, "query", sql, "--format", "csv")),
