@@ -3,6 +3,7 @@
  * when run again, and reports; a killed grid resumes to the same rows.
  */
 import assert from "node:assert/strict";
+import { resolve } from "node:path";
 import { GPT, type GPTConfig } from "../lib/model/gpt.ts";
 import { gptTensors } from "../lib/model/gpt_checkpoint.ts";
 import { saveCheckpoint } from "../lib/model/checkpoint.ts";
@@ -18,12 +19,18 @@ const TINY: GPTConfig = {
   lnEps: 1e-5,
 };
 const dataDir = Deno.env.get("SCALAR_DATA_DIR");
+// The children run in a temporary folder, so a relative data folder is made absolute.
+const CHILD_ENV = {
+  NO_COLOR: "1",
+  SCALAR_BACKEND: "wasm",
+  ...(dataDir ? { SCALAR_DATA_DIR: resolve(dataDir) } : {}),
+};
 
 async function cli(cwd: string, ...args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, ...args],
     cwd,
-    env: { NO_COLOR: "1", SCALAR_BACKEND: "wasm" },
+    env: CHILD_ENV,
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -93,7 +100,7 @@ Deno.test({
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", MAIN, "run", "grid.yaml"],
       cwd: dir,
-      env: { NO_COLOR: "1", SCALAR_BACKEND: "wasm" },
+      env: CHILD_ENV,
       stdout: "null",
       stderr: "piped",
     }).spawn();

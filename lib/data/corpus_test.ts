@@ -212,12 +212,15 @@ Deno.test("resolveCorpus() rejects a wrong file in the data directory", async ()
   await withTempDir(async (dataDir) => {
     const path = join(dataDir, "tinyshakespeare.txt");
     await Deno.writeFile(path, TEXT_BYTES);
+    // Hashed before the call: awaiting between creating the rejecting promise and handing it to
+    // rejects() would leave its rejection unhandled for a moment, which Deno treats as fatal.
+    const actual = await sha256Hex(TEXT_BYTES);
     await rejects(
       resolveCorpus("tinyshakespeare", { dataDir, cacheDir: dataDir, url: "http://127.0.0.1:1/" }),
       isCorpusError(
         new RegExp(
           `^Cannot use corpus file "${escape(path)}": ${TEXT_BYTES.length} bytes with sha256 ` +
-            `${await sha256Hex(TEXT_BYTES)}, expected 1115394 bytes with sha256 ` +
+            `${actual}, expected 1115394 bytes with sha256 ` +
             `${SHAKESPEARE.sha256} for corpus "tinyshakespeare"`,
         ),
       ),
