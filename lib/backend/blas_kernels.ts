@@ -14,23 +14,16 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { BlasLibrary } from "./blas.ts";
+import { type KernelArgs, overrideKernels } from "./kernel_override.ts";
 import {
   type Allocation,
   type CpuKernelBackend,
   type KernelStorage,
   sizeOf,
-  STORAGE,
 } from "./kernel_storage.ts";
 
 /** The tfjs backends whose matrix-product kernels {@link registerBlasKernels} can replace. */
 export type BlasBackendName = CpuKernelBackend;
-
-const PACKAGES: Record<BlasBackendName, string> = {
-  cpu: "@tensorflow/tfjs",
-  wasm: "@tensorflow/tfjs-backend-wasm",
-};
-
-type KernelArgs = Parameters<tf.KernelFunc>[0];
 
 /** The shapes of one (batched) product `op(A) · op(B)`. */
 interface Product {
@@ -49,8 +42,6 @@ const FUSED_ACTIVATIONS = new Set([
   "leakyrelu",
   "sigmoid",
 ]);
-
-const registered = new Set<BlasBackendName>();
 
 /**
  * Replaces one backend's tfjs kernels `BatchMatMul` and `_FusedMatMul` with BLAS-backed ones.
@@ -72,57 +63,10 @@ export function registerBlasKernels(
   blas: BlasLibrary,
   backendName: BlasBackendName = "cpu",
 ): () => void {
-  // The type stops TypeScript callers; this stops JavaScript ones and casts.
-  if (!Object.hasOwn(STORAGE, backendName)) {
-    throw new Error(
-      `Cannot register BLAS kernels for "${backendName}": not a supported backend ` +
-        `(${Object.keys(STORAGE).join(", ")})`,
-    );
-  }
-  if (registered.has(backendName)) {
-    throw new Error(
-      `Cannot register BLAS kernels for "${backendName}": already registered; ` +
-        "call the restore function first",
-    );
-  }
-  const stock = [tf.BatchMatMul, tf._FusedMatMul].map((name) => {
-    const config = tf.getKernel(name, backendName);
-    if (config === undefined) {
-      throw new Error(
-        `Cannot register BLAS kernel "${name}" for "${backendName}": no stock kernel to replace ` +
-          `(is ${PACKAGES[backendName]} imported?)`,
-      );
-    }
-    return config;
+  return overrideKernels("BLAS", backendName, {
+    [tf.BatchMatMul]: (storage, args, stock) => batchMatMul(blas, storage, args, stock),
+    [tf._FusedMatMul]: (storage, args, stock) => fusedMatMul(blas, storage, args, stock),
   });
-  const storageOf = STORAGE[backendName];
-  const [stockBatchMatMul, stockFused] = stock;
-  replaceKernel(stockBatchMatMul, (args) => {
-    return batchMatMul(blas, storageOf(args.backend), args, stockBatchMatMul.kernelFunc);
-  });
-  replaceKernel(stockFused, (args) => {
-    return fusedMatMul(blas, storageOf(args.backend), args, stockFused.kernelFunc);
-  });
-  registered.add(backendName);
-  let restored = false;
-  return () => {
-    if (restored) return;
-    restored = true;
-    for (const config of stock) {
-      tf.unregisterKernel(config.kernelName, backendName);
-      tf.registerKernel(config);
-    }
-    registered.delete(backendName);
-  };
-}
-
-function replaceKernel(stock: tf.KernelConfig, kernelFunc: tf.KernelFunc): void {
-  const { kernelName, backendName, setupFunc, disposeFunc } = stock;
-  // registerKernel would overwrite too, but warns on the console about the duplicate.
-  tf.unregisterKernel(kernelName, backendName);
-  // The engine runs a kernel's setupFunc when its backend starts; the stock wasm kernels bind
-  // their C functions there, and the fallback to them needs that even if wasm starts after this.
-  tf.registerKernel({ kernelName, backendName, kernelFunc, setupFunc, disposeFunc });
 }
 
 function batchMatMul(

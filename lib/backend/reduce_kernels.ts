@@ -17,9 +17,8 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { type CpuKernelBackend, type KernelStorage, sizeOf, STORAGE } from "./kernel_storage.ts";
-
-type KernelArgs = Parameters<tf.KernelFunc>[0];
+import { type KernelArgs, overrideKernels } from "./kernel_override.ts";
+import { type CpuKernelBackend, type KernelStorage, sizeOf } from "./kernel_storage.ts";
 
 /** A reduction seen as `[outer, reduce, inner]`: the reduced axes are one block in memory. */
 export interface ReduceLayout {
@@ -31,16 +30,9 @@ export interface ReduceLayout {
   inner: number;
 }
 
-const PACKAGES: Record<CpuKernelBackend, string> = {
-  cpu: "@tensorflow/tfjs",
-  wasm: "@tensorflow/tfjs-backend-wasm",
-};
-
 // Columns summed per pass: 2048 float64 accumulators are 16 KiB, which stay in L1 while every row
 // of the block streams past them, however wide the rows are.
 const COLUMN_BLOCK = 2048;
-
-const registered = new Set<CpuKernelBackend>();
 
 /**
  * Replaces one backend's tfjs kernels `Sum` and `Mean` with ones that reduce float32 tensors
@@ -59,59 +51,10 @@ const registered = new Set<CpuKernelBackend>();
  * @throws if `backendName` is not `cpu` or `wasm`, or its kernels are already replaced
  */
 export function registerReduceKernels(backendName: CpuKernelBackend): () => void {
-  // The type stops TypeScript callers; this stops JavaScript ones and casts.
-  if (!Object.hasOwn(STORAGE, backendName)) {
-    throw new Error(
-      `Cannot register reduce kernels for "${backendName}": not a supported backend ` +
-        `(${Object.keys(STORAGE).join(", ")})`,
-    );
-  }
-  if (registered.has(backendName)) {
-    throw new Error(
-      `Cannot register reduce kernels for "${backendName}": already registered; ` +
-        "call the restore function first",
-    );
-  }
-  const stock = [tf.Sum, tf.Mean].map((name) => {
-    const config = tf.getKernel(name, backendName);
-    if (config === undefined) {
-      throw new Error(
-        `Cannot register reduce kernel "${name}" for "${backendName}": no stock kernel to ` +
-          `replace (is ${PACKAGES[backendName]} imported?)`,
-      );
-    }
-    return config;
+  return overrideKernels("reduce", backendName, {
+    [tf.Sum]: (storage, args, stock) => reduce(storage, args, stock, false),
+    [tf.Mean]: (storage, args, stock) => reduce(storage, args, stock, true),
   });
-  const storageOf = STORAGE[backendName];
-  const [stockSum, stockMean] = stock;
-  replaceKernel(
-    stockSum,
-    (args) => reduce(storageOf(args.backend), args, stockSum.kernelFunc, false),
-  );
-  replaceKernel(
-    stockMean,
-    (args) => reduce(storageOf(args.backend), args, stockMean.kernelFunc, true),
-  );
-  registered.add(backendName);
-  let restored = false;
-  return () => {
-    if (restored) return;
-    restored = true;
-    for (const config of stock) {
-      tf.unregisterKernel(config.kernelName, backendName);
-      tf.registerKernel(config);
-    }
-    registered.delete(backendName);
-  };
-}
-
-function replaceKernel(stock: tf.KernelConfig, kernelFunc: tf.KernelFunc): void {
-  const { kernelName, backendName, setupFunc, disposeFunc } = stock;
-  // registerKernel would overwrite too, but warns on the console about the duplicate.
-  tf.unregisterKernel(kernelName, backendName);
-  // The engine runs a kernel's setupFunc when its backend starts; the stock wasm kernels bind
-  // their C functions there, and the fallback to them needs that even if wasm starts after this.
-  tf.registerKernel({ kernelName, backendName, kernelFunc, setupFunc, disposeFunc });
 }
 
 /**

@@ -20,15 +20,13 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
+import { type KernelArgs, overrideKernels } from "./kernel_override.ts";
 import {
   type Allocation,
   type CpuKernelBackend,
   type KernelStorage,
   sizeOf,
-  STORAGE,
 } from "./kernel_storage.ts";
-
-type KernelArgs = Parameters<tf.KernelFunc>[0];
 
 // Float64 accumulators per pass, at most: 4 Mi values are 32 MiB. A wider output is summed in
 // column blocks, each a full pass over the segment ids, so memory stays bounded whatever its size.
@@ -36,8 +34,6 @@ const MAX_ACCUMULATORS = 4 * 1024 * 1024;
 
 // Below this many values per slice a plain loop beats `TypedArray.set` with its subarray views.
 const MIN_SET_SLICE = 32;
-
-const registered = new Set<CpuKernelBackend>();
 
 /**
  * Registers fast `GatherV2` and `UnsortedSegmentSum` kernels for one backend. A stock kernel is
@@ -74,60 +70,17 @@ const registered = new Set<CpuKernelBackend>();
  * ```
  */
 export function registerScatterKernels(backendName: CpuKernelBackend): () => void {
-  // The type stops TypeScript callers; this stops JavaScript ones and casts.
-  if (!Object.hasOwn(STORAGE, backendName)) {
-    throw new Error(
-      `Cannot register scatter kernels for "${backendName}": not a supported backend ` +
-        `(${Object.keys(STORAGE).join(", ")})`,
-    );
-  }
-  if (registered.has(backendName)) {
-    throw new Error(
-      `Cannot register scatter kernels for "${backendName}": already registered; ` +
-        "call the restore function first",
-    );
-  }
-  const storageOf = STORAGE[backendName];
-  const kernels: [string, Fast][] = [
-    [tf.GatherV2, gather],
-    [tf.UnsortedSegmentSum, segmentSum],
-  ];
-  const stock = kernels.map(([name, fast]) => {
-    const config = tf.getKernel(name, backendName);
-    if (config !== undefined) tf.unregisterKernel(name, backendName);
-    tf.registerKernel({
-      kernelName: name,
-      backendName,
-      kernelFunc: (args) =>
-        fast(storageOf(args.backend), backendName, args, config?.kernelFunc ?? missing(name)),
-      // The engine runs a kernel's setupFunc when its backend starts; the stock wasm kernels bind
-      // their C functions there, and the fallback to them needs that even if wasm starts after
-      // this.
-      setupFunc: config?.setupFunc,
-      disposeFunc: config?.disposeFunc,
-    });
-    return { name, config };
-  });
-  registered.add(backendName);
-  let restored = false;
-  return () => {
-    if (restored) return;
-    restored = true;
-    for (const { name, config } of stock) {
-      tf.unregisterKernel(name, backendName);
-      if (config !== undefined) tf.registerKernel(config);
-    }
-    registered.delete(backendName);
-  };
+  return overrideKernels(
+    "scatter",
+    backendName,
+    {
+      [tf.GatherV2]: (storage, args, stock) => gather(storage, backendName, args, stock),
+      [tf.UnsortedSegmentSum]: (storage, args, stock) =>
+        segmentSum(storage, backendName, args, stock),
+    },
+    missing,
+  );
 }
-
-// A fast kernel: storage of the backend, its name, the call, and the kernel to fall back to.
-type Fast = (
-  storage: KernelStorage,
-  backendName: CpuKernelBackend,
-  args: KernelArgs,
-  stock: tf.KernelFunc,
-) => tf.TensorInfo | tf.TensorInfo[];
 
 // The fallback where a backend has no stock kernel: says what the fast one cannot take.
 function missing(name: string): tf.KernelFunc {
