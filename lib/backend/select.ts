@@ -15,6 +15,7 @@ import { registerGeluKernels } from "./gelu_kernel.ts";
 import { registerSharedIdentity } from "./identity_kernel.ts";
 import { registerReduceKernels } from "./reduce_kernels.ts";
 import { registerScatterKernels } from "./scatter_kernels.ts";
+import { registerSplitKernel } from "./split_kernel.ts";
 import { registerTopkReluKernel } from "./topk_relu_kernel.ts";
 
 /** The backends a user can ask for. */
@@ -107,8 +108,8 @@ export async function useStockBackend(name: CpuKernelBackend): Promise<boolean> 
 /**
  * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
  * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes,
- * gathers and scatter-adds, fused GELU, the SAE TopK selection, and (wasm) tape copies that share
- * memory.
+ * gathers and scatter-adds, splits, fused GELU, the SAE TopK selection, and (wasm) tape copies
+ * that share memory.
  */
 async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
   if (!(await useStockBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
@@ -116,6 +117,7 @@ async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?:
   registerReduceKernels(name);
   registerScatterKernels(name);
   registerGeluKernels(name);
+  registerSplitKernel(name);
   if (name === "wasm") registerSharedIdentity();
   const blas = openBlas();
   if ("error" in blas) return { ok: true, detail: `${name} (stock matmul)`, blas: blas.error };

@@ -407,7 +407,8 @@ export class GPT {
     const heads = tf.split(qkv, 3, 1).map((m) => m.reshape([B, T, H, S]).transpose([0, 2, 1, 3]));
     const [q, k, v] = heads as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
     const mask = T === this.config.nCtx ? this.#causalMask : this.#causalMask.slice([0, 0], [T, T]);
-    const scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(S)).add(mask); // (B, H, T, T)
+    // Scaling q (B·H·T·S values) rather than the scores (B·H·T·T) is the same product, cheaper.
+    const scores = tf.matMul(q.mul(1 / Math.sqrt(S)), k, false, true).add(mask); // (B, H, T, T)
     const y = tf.matMul(tf.softmax(scores), v); // (B, H, T, S)
     const merged = y.transpose([0, 2, 1, 3]).reshape([B * T, D]);
     return tf.matMul(merged, p("c_proj.weight")).add(p("c_proj.bias")).reshape([B, T, D]);
