@@ -6,6 +6,7 @@
 import { expandManifest } from "../experiment/manifest.ts";
 import { openStore } from "../store/db.ts";
 import { query, QUERY_FORMATS, type QueryFormat } from "../store/query.ts";
+import { writePlots } from "../store/plots.ts";
 import { type CellKey, report, type ReportFormat } from "../store/report.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 import { DEFAULT_DB } from "./run.ts";
@@ -21,7 +22,8 @@ function cellKey(c: CellKey): string {
 export const reportCommand: Command = {
   summary: "print the paper's tables (mean ± std over seeds) from stored results",
   help:
-    `Usage: deno task report MANIFEST | --experiment NAME [--format md|csv|json] [--curve model|full] [--db PATH]
+    `Usage: deno task report MANIFEST | --experiment NAME [--format md|csv|json] [--curve model|full]
+                        [--plot [--plot-dir DIR]] [--db PATH]
 
 Per position and architecture: SCALAR (absolute and relative, per layer), its improvement over
 TopK, and mse, fvu, l0 and ce_loss_increase — each as mean ± std over seeds with the seed count.
@@ -31,6 +33,9 @@ Options:
   --experiment NAME  report an experiment by name instead of a manifest
   --format FORMAT    md (default), csv or json
   --curve CURVE      SCALAR against the "model" (the paper's, default) or the "full" circuit
+  --plot             also write SVG charts (and PNG where rsvg-convert or ImageMagick exists):
+                     KL ablation curves per layer with seed bands, relative SCALAR per layer
+  --plot-dir DIR     where the charts go (default results/plots)
   --db PATH          results database (default ${DEFAULT_DB})
   -h, --help         show this help`,
   async run(args) {
@@ -39,6 +44,8 @@ Options:
       format: { type: "string" },
       curve: { type: "string" },
       db: { type: "string" },
+      plot: { type: "boolean" },
+      "plot-dir": { type: "string" },
     });
     const format = (values.format ?? "md") as ReportFormat;
     if (!REPORT_FORMATS.includes(format)) {
@@ -72,6 +79,15 @@ Options:
     const store = await openStore(values.db ?? DEFAULT_DB, { readOnly: true });
     try {
       console.log(await report(store, { experiment, format, curve, expectedSeeds }));
+      if (values.plot) {
+        const files = await writePlots(store, {
+          experiment,
+          curve,
+          expectedSeeds,
+          outDir: values["plot-dir"],
+        });
+        for (const f of files) console.error(`wrote ${f}`);
+      }
     } finally {
       store.close();
     }

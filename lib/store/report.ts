@@ -339,7 +339,14 @@ function labelOf(params: Readonly<Record<string, string>>): string {
   return Object.entries(params).map(([k, v]) => `${k}=${v}`).join(", ");
 }
 
-function cellKeyOf(run: ReportRun): CellKey {
+/**
+ * The report cell a run belongs to: its position, architecture, and the varied parameters other
+ * than the seed (the plots group runs by the same rule).
+ *
+ * @param run A run as the report loads it.
+ * @returns The cell's key.
+ */
+export function cellKeyOf(run: ReportRun): CellKey {
   const params: Record<string, string> = {};
   for (const path of Object.keys(run.params).sort()) {
     if (!NOT_CELL_PARAMS.has(path)) params[path] = run.params[path]!;
