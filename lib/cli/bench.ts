@@ -200,7 +200,7 @@ Options:
       );
     }
     const ours = timings.find((t) => t.config === "ours" && t.name === "sae_topk_step")!;
-    const stock = timings.filter((t) => t.config !== "ours");
+    const stock = timings.filter((t) => t.config.startsWith("stock-"));
     console.log(
       `speed-up of ours over stock tfjs on sae_topk_step: ` +
         stock.map((t) => `${t.config.replace("stock-", "")} ${(t.ms / ours.ms).toFixed(1)}×`).join(
