@@ -4,6 +4,7 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { type BlasLibrary, openBlas, type SgemmParams } from "./blas.ts";
 import { type BlasBackendName, registerBlasKernels } from "./blas_kernels.ts";
+import { createRng } from "../util/rng.ts";
 
 const BACKENDS: BlasBackendName[] = ["cpu", "wasm"];
 
@@ -40,17 +41,8 @@ function references(backend: BlasBackendName): string {
   return backend === "cpu" ? "stock cpu" : `stock ${backend} and stock cpu`;
 }
 
-// mulberry32: seeded so every run checks the same numbers.
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Seeded so every run checks the same numbers.
+const rng = (seed: number): () => number => createRng(seed).uniform;
 
 function randomTensor(shape: number[], next: () => number): tf.Tensor {
   const size = shape.reduce((acc, d) => acc * d, 1);

@@ -4,6 +4,11 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
 import { reduceLayout, registerReduceKernels } from "./reduce_kernels.ts";
+import { withFastKernels } from "./testdata/fast_kernels.ts";
+import { createRng } from "../util/rng.ts";
+
+const fastKernels = <T>(backend: CpuKernelBackend, f: () => T) =>
+  withFastKernels(backend, [tf.Sum, tf.Mean], registerReduceKernels, f);
 
 const BACKENDS: CpuKernelBackend[] = ["cpu", "wasm"];
 
@@ -21,17 +26,8 @@ function assertOn(t: tf.Tensor, name: CpuKernelBackend, label: string): void {
   assert.ok(backend === tf.findBackend(name), `${label}: result is not on "${name}"`);
 }
 
-// mulberry32: seeded so every run checks the same numbers.
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Seeded so every run checks the same numbers.
+const rng = (seed: number): () => number => createRng(seed).uniform;
 
 function randomValues(shape: number[], next: () => number): Float32Array {
   const size = shape.reduce((acc, d) => acc * d, 1);
@@ -86,49 +82,6 @@ function assertClose(actual: Values, expected: Values, scale: Values, label: str
       diff <= tol,
       `${label}: element ${i} is ${actual.values[i]}, expected ${expected.values[i]} (±${tol})`,
     );
-  }
-}
-
-// Replaces the stock kernels with counting wrappers, so a test can tell a fallback from the fast
-// path: registerReduceKernels takes whatever is registered as the stock kernel to fall back to.
-function countStockCalls(backend: CpuKernelBackend): { calls: () => number; restore: () => void } {
-  const configs = [tf.Sum, tf.Mean].map((name) => tf.getKernel(name, backend)!);
-  let calls = 0;
-  for (const config of configs) {
-    tf.unregisterKernel(config.kernelName, backend);
-    tf.registerKernel({
-      ...config,
-      kernelFunc: (args) => {
-        calls++;
-        return config.kernelFunc(args);
-      },
-    });
-  }
-  return {
-    calls: () => calls,
-    restore: () => {
-      for (const config of configs) {
-        tf.unregisterKernel(config.kernelName, backend);
-        tf.registerKernel(config);
-      }
-    },
-  };
-}
-
-// Runs `f` with the fast kernels registered for `backend`, which must be the active one (else the
-// stock kernels would run and the test check nothing), counting how often they fell back to stock.
-function withFastKernels<T>(backend: CpuKernelBackend, f: () => T): { result: T; stock: number } {
-  assert.equal(tf.getBackend(), backend, "active backend");
-  const counter = countStockCalls(backend);
-  try {
-    const restore = registerReduceKernels(backend);
-    try {
-      return { result: f(), stock: counter.calls() };
-    } finally {
-      restore();
-    }
-  } finally {
-    counter.restore();
   }
 }
 
@@ -263,7 +216,7 @@ for (const backend of BACKENDS) {
       for (const [i, c] of cases.entries()) {
         tf.tidy(() => {
           const x = tf.tensor(c.values, c.shape);
-          const { result, stock: stockCalls } = withFastKernels(backend, () => run(c, x));
+          const { result, stock: stockCalls } = fastKernels(backend, () => run(c, x));
           assertOn(result, backend, label(c));
           const actual = valuesOf(result);
           assertClose(actual, cpu[i], scale[i], `${label(c)} vs stock cpu`);
@@ -297,7 +250,7 @@ for (const backend of BACKENDS) {
       await use(backend);
       tf.tidy(() => {
         const x = tf.tensor(c.values, c.shape);
-        const { result } = withFastKernels(backend, () => run(c, x));
+        const { result } = fastKernels(backend, () => run(c, x));
         const actual = result.dataSync();
         cpu.values.forEach((want, i) => {
           const ulp = 2 ** (Math.floor(Math.log2(Math.abs(want))) - 23);
@@ -314,7 +267,7 @@ for (const backend of BACKENDS) {
       const big = 2 ** 24;
       const columns = tf.tensor2d([[big, 1], [1, 1], [1, 1], [-big, 1]]);
       const rows = tf.transpose(columns);
-      const { result } = withFastKernels(backend, () => [
+      const { result } = fastKernels(backend, () => [
         tf.sum(columns, 0),
         tf.sum(rows, 1),
         tf.mean(columns, 0),
@@ -327,7 +280,7 @@ for (const backend of BACKENDS) {
     await use(backend);
     tf.tidy(() => {
       const x = tf.zeros([0, 3]);
-      const { result, stock } = withFastKernels(backend, () => [tf.mean(x, 0), tf.sum(x, 0)]);
+      const { result, stock } = fastKernels(backend, () => [tf.mean(x, 0), tf.sum(x, 0)]);
       assert.deepEqual(result.map((t) => t.shape), [[3], [3]]);
       assert.deepEqual(result.map((t) => Array.from(t.dataSync())), [[NaN, NaN, NaN], [0, 0, 0]]);
       assert.equal(stock, 0);
@@ -344,7 +297,7 @@ for (const backend of BACKENDS) {
         const reduce =
           () => [tf.sum(ints, 0), tf.sum(ints, 1, true), tf.sum(bools, 0), tf.mean(ints)];
         const stock = reduce().map((t) => ({ dtype: t.dtype, values: t.arraySync() }));
-        const { result, stock: calls } = withFastKernels(backend, reduce);
+        const { result, stock: calls } = fastKernels(backend, reduce);
         assert.deepEqual(result.map((t) => ({ dtype: t.dtype, values: t.arraySync() })), stock);
         assert.deepEqual(stock.map((s) => s.values), [[5, 7, 9], [[6], [15]], [2, 1, 1], 3.5]);
         assert.equal(calls, 4);
@@ -370,7 +323,7 @@ for (const backend of BACKENDS) {
       const grads = () => tf.grads(loss)([x, b, w]);
       const stock = grads().map(valuesOf);
       const before = tf.memory().numTensors;
-      const { result } = withFastKernels(backend, grads);
+      const { result } = fastKernels(backend, grads);
       result.forEach((g, i) => {
         assertOn(g, backend, `gradient ${i}`);
         const scale = { shape: g.shape, values: new Float32Array(g.size).fill(1) };
@@ -387,7 +340,7 @@ for (const backend of BACKENDS) {
     const x = tf.ones([16, 8]);
     const backendOf = tf.backend() as unknown as { numDataIds(): number };
     const before = backendOf.numDataIds();
-    withFastKernels(backend, () => {
+    fastKernels(backend, () => {
       for (const axis of [0, 1, [0, 1]]) {
         tf.dispose([tf.sum(x, axis), tf.mean(x, axis, true)]);
       }

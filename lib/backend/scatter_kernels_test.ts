@@ -4,6 +4,11 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
 import { registerScatterKernels } from "./scatter_kernels.ts";
+import { withFastKernels } from "./testdata/fast_kernels.ts";
+import { createRng } from "../util/rng.ts";
+
+const fastKernels = <T>(backend: CpuKernelBackend, f: () => T) =>
+  withFastKernels(backend, [tf.GatherV2, tf.UnsortedSegmentSum], registerScatterKernels, f);
 
 const BACKENDS: CpuKernelBackend[] = ["cpu", "wasm"];
 
@@ -34,67 +39,14 @@ function backendTest(name: string, fn: () => void | Promise<void>): void {
   });
 }
 
-// mulberry32: seeded so every run checks the same numbers.
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Seeded so every run checks the same numbers.
+const rng = (seed: number): () => number => createRng(seed).uniform;
 
 const size = (shape: number[]) => shape.reduce((a, d) => a * d, 1);
 const randomValues = (shape: number[], next: () => number) =>
   Float32Array.from({ length: size(shape) }, () => 2 * next() - 1);
 const randomIds = (count: number, below: number, next: () => number) =>
   Int32Array.from({ length: count }, () => Math.floor(next() * below));
-
-// Wraps the kernels registered now (the stock ones, or none) so that a test can tell a fallback
-// from the fast path: registerScatterKernels keeps whatever is registered as its fallback.
-function countStockCalls(backend: CpuKernelBackend): { calls: () => number; restore: () => void } {
-  const configs = [tf.GatherV2, tf.UnsortedSegmentSum]
-    .map((name) => tf.getKernel(name, backend))
-    .filter((c) => c !== undefined);
-  let calls = 0;
-  for (const config of configs) {
-    tf.unregisterKernel(config.kernelName, backend);
-    tf.registerKernel({
-      ...config,
-      kernelFunc: (args) => {
-        calls++;
-        return config.kernelFunc(args);
-      },
-    });
-  }
-  return {
-    calls: () => calls,
-    restore: () => {
-      for (const config of configs) {
-        tf.unregisterKernel(config.kernelName, backend);
-        tf.registerKernel(config);
-      }
-    },
-  };
-}
-
-// Runs `f` with the fast kernels registered for `backend`, which must be the active one.
-function withFastKernels<T>(backend: CpuKernelBackend, f: () => T): { result: T; stock: number } {
-  assert.equal(tf.getBackend(), backend, "active backend");
-  const counter = countStockCalls(backend);
-  try {
-    const restore = registerScatterKernels(backend);
-    try {
-      return { result: f(), stock: counter.calls() };
-    } finally {
-      restore();
-    }
-  } finally {
-    counter.restore();
-  }
-}
 
 /** One gather: `tf.gather(x, indices, axis, batchDims)`. */
 interface GatherCase {
@@ -173,7 +125,7 @@ for (const backend of BACKENDS) {
       await use(backend);
       for (const [i, c] of cases.entries()) {
         tf.tidy(() => {
-          const { result, stock: calls } = withFastKernels(backend, () => runGather(c));
+          const { result, stock: calls } = fastKernels(backend, () => runGather(c));
           assertOn(result, backend, gatherLabel(c));
           assert.deepEqual(result.shape, stock[i]!.shape, `${gatherLabel(c)}: shape`);
           assert.deepEqual(Array.from(result.dataSync()), stock[i]!.values, gatherLabel(c));
@@ -190,7 +142,7 @@ for (const backend of BACKENDS) {
       for (const bad of [2, -1]) {
         const ids = tf.tensor1d([0, bad], "int32");
         assert.throws(
-          () => withFastKernels(backend, () => tf.gather(x, ids)),
+          () => fastKernels(backend, () => tf.gather(x, ids)),
           new RegExp(`index value ${bad} is not in \\[0, 1\\]`),
         );
       }
@@ -202,7 +154,7 @@ for (const backend of BACKENDS) {
     tf.tidy(() => {
       const x = tf.tensor2d([[1, 2], [3, 4]], [2, 2], "int32");
       const ids = tf.tensor1d([1, 1, 0], "int32");
-      const { result, stock } = withFastKernels(backend, () => tf.gather(x, ids));
+      const { result, stock } = fastKernels(backend, () => tf.gather(x, ids));
       assert.equal(result.dtype, "int32");
       assert.deepEqual(result.arraySync(), [[3, 4], [3, 4], [1, 2]]);
       assert.equal(stock, 1);
@@ -268,7 +220,7 @@ for (const backend of BACKENDS) {
       await use(backend);
       for (const [i, c] of cases.entries()) {
         tf.tidy(() => {
-          const { result, stock: calls } = withFastKernels(backend, () => runSegments(c));
+          const { result, stock: calls } = fastKernels(backend, () => runSegments(c));
           assertOn(result, backend, segmentLabel(c));
           assert.deepEqual(result.shape, stock[i]!.shape, `${segmentLabel(c)}: shape`);
           const got = result.dataSync();
@@ -290,7 +242,7 @@ for (const backend of BACKENDS) {
       const next = rng(3);
       const x = tf.tensor(randomValues([3, 4, 5], next), [3, 4, 5]);
       const ids = tf.tensor(randomIds(12, 6, next), [3, 4], "int32");
-      const { result } = withFastKernels(backend, () => [
+      const { result } = fastKernels(backend, () => [
         // tfjs types the ids as rank 1; the kernel takes any prefix of x's shape.
         tf.unsortedSegmentSum(x, ids as tf.Tensor1D, 6),
         // TensorFlow: the same as flattening the id dimensions.
@@ -308,7 +260,7 @@ for (const backend of BACKENDS) {
       const big = 2 ** 24;
       const x = tf.tensor2d([[big, 1], [1, 1], [1, 1], [-big, 1]]);
       const ids = tf.tensor1d([0, 0, 0, 0], "int32");
-      const { result } = withFastKernels(backend, () => tf.unsortedSegmentSum(x, ids, 1));
+      const { result } = fastKernels(backend, () => tf.unsortedSegmentSum(x, ids, 1));
       assert.deepEqual(result.arraySync(), [[2, 4]]);
     });
   });
@@ -316,7 +268,7 @@ for (const backend of BACKENDS) {
   backendTest(`UnsortedSegmentSum on ${backend}: empty inputs give zeros`, async () => {
     await use(backend);
     tf.tidy(() => {
-      const { result } = withFastKernels(backend, () => [
+      const { result } = fastKernels(backend, () => [
         tf.unsortedSegmentSum(tf.zeros([0, 3]), tf.zeros([0], "int32"), 2),
         tf.unsortedSegmentSum(tf.zeros([4, 0]), tf.tensor1d([0, 1, 0, 1], "int32"), 3),
         tf.unsortedSegmentSum(tf.ones([2, 3]), tf.tensor1d([0, 1], "int32"), 0),
@@ -350,7 +302,7 @@ for (const backend of BACKENDS) {
       const stock = tf.tidy(() => grads().map((g) => g.dataSync().slice()));
       await use(backend);
       tf.tidy(() => {
-        const { result, stock: calls } = withFastKernels(backend, grads);
+        const { result, stock: calls } = fastKernels(backend, grads);
         result.forEach((g, i) => {
           assertOn(g, backend, `axis ${cases[i]!.axis}`);
           assert.deepEqual(g.shape, shape);
@@ -371,7 +323,7 @@ for (const backend of BACKENDS) {
     const ids = tf.tensor1d([0, 3, 3, 1, 2, 0, 1, 1, 0, 2, 3, 3, 1, 0, 2, 2], "int32");
     const backendOf = tf.backend() as unknown as { numDataIds(): number };
     const before = backendOf.numDataIds();
-    withFastKernels(backend, () => {
+    fastKernels(backend, () => {
       tf.dispose([tf.gather(x, ids), tf.unsortedSegmentSum(x, ids, 4)]);
       // A kernel that throws after allocating must free its output.
       assert.throws(() => tf.gather(x, tf.tensor1d([99], "int32")));

@@ -1,25 +1,8 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import {
-  countParameters,
-  crossEntropy,
-  GPT,
-  type GPTConfig,
-  hookNames,
-  LOGITS,
-  SHAKESPEARE_64X4,
-} from "./gpt.ts";
+import { countParameters, crossEntropy, GPT, hookNames, LOGITS, SHAKESPEARE_64X4 } from "./gpt.ts";
 import { createRng } from "../util/rng.ts";
-
-const TINY: GPTConfig = {
-  nLayer: 2,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 6,
-  vocabSize: 11,
-  lnEps: 1e-5,
-};
+import { TINY } from "./testdata/tiny_gpt.ts";
 
 function randomTokens(seed: number, b: number, t: number, vocab: number): tf.Tensor2D {
   const rng = createRng(seed);

@@ -9,18 +9,10 @@ import {
   modelFingerprint,
   openActivationCache,
 } from "./activation_cache.ts";
-import { GPT, type GPTConfig } from "../model/gpt.ts";
+import { GPT } from "../model/gpt.ts";
 import { createRng } from "../util/rng.ts";
+import { TINY } from "../model/testdata/tiny_gpt.ts";
 
-const TINY: GPTConfig = {
-  nLayer: 2,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 6,
-  vocabSize: 11,
-  lnEps: 1e-5,
-};
 const SEQ = 6, WINDOWS = 7;
 // Three tokens past the last whole window: they are not cached.
 const TOKENS = (() => {

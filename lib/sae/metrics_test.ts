@@ -1,21 +1,13 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { crossEntropy, GPT, type GPTConfig } from "../model/gpt.ts";
+import { crossEntropy, GPT } from "../model/gpt.ts";
 import { createRng } from "../util/rng.ts";
 import { buildSaes, type SaeConfig, type SaeSet } from "./architectures.ts";
 import { evaluateSaes, reconstructionMetrics, type SaeEvaluation } from "./metrics.ts";
 import { layoutPosition, type Position, POSITIONS } from "./positions.ts";
 import { decode, encode } from "./sae.ts";
+import { TINY } from "../model/testdata/tiny_gpt.ts";
 
-const TINY: GPTConfig = {
-  nLayer: 2,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 6,
-  vocabSize: 11,
-  lnEps: 1e-5,
-};
 const D = TINY.dModel, T = TINY.nCtx, SEQUENCES = 5;
 
 /** Synthetic validation tokens: random ids, enough for SEQUENCES windows and their targets. */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { GPT, type GPTConfig, LOGITS } from "../model/gpt.ts";
+import { GPT, LOGITS } from "../model/gpt.ts";
 import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
 import { decode, encode, type SaeWeights } from "../sae/sae.ts";
@@ -15,6 +15,7 @@ import {
   topkNoRelu,
 } from "./ablation.ts";
 import { edgeCounts, rankEdges } from "./ranking.ts";
+import { TINY } from "../model/testdata/tiny_gpt.ts";
 
 const closeArrays = (a: ArrayLike<number>, b: ArrayLike<number>, tol = 1e-6) => {
   assert.equal(a.length, b.length);
@@ -183,16 +184,6 @@ for (const tokenwise of [false, true]) {
     o.dispose();
   });
 }
-
-const TINY: GPTConfig = {
-  nLayer: 2,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 6,
-  vocabSize: 11,
-  lnEps: 1e-5,
-};
 
 function setup(position: Position, arch: SaeConfig["arch"] = "topk", features = 6) {
   const model = GPT.init(TINY, 1);
