@@ -18,6 +18,7 @@ import { type KernelArgs, overrideKernels } from "./kernel_override.ts";
 import {
   type Allocation,
   type CpuKernelBackend,
+  fill,
   type KernelStorage,
   sizeOf,
 } from "./kernel_storage.ts";
@@ -133,17 +134,6 @@ function fusedMatMul(
       activateInPlace(values, activation, leakyAlpha);
     }
   });
-}
-
-// Runs `write` on a fresh output and returns it, freeing it instead if `write` throws.
-function fill(out: Allocation, write: (out: Allocation) => void): tf.TensorInfo {
-  try {
-    write(out);
-  } catch (e) {
-    out.release();
-    throw e;
-  }
-  return out.info;
 }
 
 // The formulas are the stock cpu kernels' own, so cpu results agree bit for bit after the matmul;

@@ -110,6 +110,24 @@ export const STORAGE: Record<CpuKernelBackend, (backend: unknown) => KernelStora
 };
 
 /**
+ * Runs `write` on a freshly allocated output and returns the output, freeing it instead when
+ * `write` throws (a kernel must not leak an output it never returns).
+ *
+ * @param out The allocation.
+ * @param write Fills `out.values` (reading inputs through `out.read`).
+ * @returns The output tensor.
+ */
+export function fill(out: Allocation, write: (out: Allocation) => void): tf.TensorInfo {
+  try {
+    write(out);
+  } catch (e) {
+    out.release();
+    throw e;
+  }
+  return out.info;
+}
+
+/**
  * Number of elements of a shape.
  *
  * @param shape Dimensions.

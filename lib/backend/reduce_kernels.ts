@@ -18,7 +18,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { type KernelArgs, overrideKernels } from "./kernel_override.ts";
-import { type CpuKernelBackend, type KernelStorage, sizeOf } from "./kernel_storage.ts";
+import { type CpuKernelBackend, fill, type KernelStorage, sizeOf } from "./kernel_storage.ts";
 
 /** A reduction seen as `[outer, reduce, inner]`: the reduced axes are one block in memory. */
 export interface ReduceLayout {
@@ -140,15 +140,11 @@ function reduce(
   const outShape = args.attrs?.keepDims === true
     ? shape.map((size, d) => (reduced[d] ? 1 : size))
     : shape.filter((_, d) => !reduced[d]);
-  const out = storage.allocate(outShape);
-  try {
-    // An empty input is never read: a zero-size wasm tensor need not have a usable offset.
-    reduceBlock(empty ? new Float32Array(0) : out.read(x), out.values, layout, mean);
-  } catch (e) {
-    out.release();
-    throw e;
-  }
-  return out.info;
+  // An empty input is never read: a zero-size wasm tensor need not have a usable offset.
+  return fill(
+    storage.allocate(outShape),
+    (out) => reduceBlock(empty ? new Float32Array(0) : out.read(x), out.values, layout, mean),
+  );
 }
 
 // Writes the sums (or means) over the middle dimension of `x` seen as `[outer, reduce, inner]`

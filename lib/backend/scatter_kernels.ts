@@ -21,12 +21,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { type KernelArgs, overrideKernels } from "./kernel_override.ts";
-import {
-  type Allocation,
-  type CpuKernelBackend,
-  type KernelStorage,
-  sizeOf,
-} from "./kernel_storage.ts";
+import { type CpuKernelBackend, fill, type KernelStorage, sizeOf } from "./kernel_storage.ts";
 
 // Float64 accumulators per pass, at most: 4 Mi values are 32 MiB. A wider output is summed in
 // column blocks, each a full pass over the segment ids, so memory stays bounded whatever its size.
@@ -90,17 +85,6 @@ function missing(name: string): tf.KernelFunc {
       `Cannot run ${name} for ${dtypes}: only float32 data with int32 indices is supported here`,
     );
   };
-}
-
-// Runs `write` on a fresh output and returns it, freeing it instead if `write` throws.
-function fill(out: Allocation, write: (out: Allocation) => void): tf.TensorInfo {
-  try {
-    write(out);
-  } catch (e) {
-    out.release();
-    throw e;
-  }
-  return out.info;
 }
 
 function gather(

@@ -1,21 +1,14 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { GPT, type GPTConfig } from "../model/gpt.ts";
+import { GPT } from "../model/gpt.ts";
 import { buildSaes, type SaeSet } from "../sae/architectures.ts";
 import { isTokenwisePair, layoutPosition, type Position, POSITIONS } from "../sae/positions.ts";
 import { decode, encode } from "../sae/sae.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 import { attributePair, attributePairReference, type Attribution } from "./attribution.ts";
+import { TINY } from "../model/testdata/tiny_gpt.ts";
 
-const CONFIG: GPTConfig = {
-  nLayer: 2,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 6,
-  vocabSize: 11,
-  lnEps: 1e-5,
-};
+const CONFIG = TINY;
 const SEQUENCES = 5;
 const quiet = () => {};
 
