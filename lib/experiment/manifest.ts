@@ -22,7 +22,7 @@ import type { Architecture } from "../sae/architectures.ts";
 import { type Position, POSITIONS } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import { checkFields, type NumberRule, type Rules, type ScalarRule } from "./fields.ts";
-import { ManifestError, ManifestSource } from "./manifest_source.ts";
+import { ManifestError, ManifestSource, readManifestText } from "./manifest_source.ts";
 import {
   type Combination,
   expandMatrix,
@@ -347,14 +347,7 @@ const MAX_RUNS = 10_000;
  * @throws {ManifestError} With every problem of the file, each at its line and column.
  */
 export async function expandManifest(file: string): Promise<ManifestExpansion> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch (e) {
-    const why = e instanceof Deno.errors.NotFound ? "the file does not exist" : String(e);
-    throw new ManifestError(file, [{ path: "", line: 0, column: 0, message: why }]);
-  }
-  return await expandManifestText(file, text);
+  return await expandManifestText(file, await readManifestText(file));
 }
 
 /**

@@ -70,14 +70,7 @@ export class ManifestSource {
    * @throws {ManifestError} If the file cannot be read.
    */
   static async read(file: string): Promise<ManifestSource> {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(file);
-    } catch (e) {
-      const why = e instanceof Deno.errors.NotFound ? "the file does not exist" : String(e);
-      throw new ManifestError(file, [{ path: "", line: 0, column: 0, message: why }]);
-    }
-    return new ManifestSource(file, text);
+    return new ManifestSource(file, await readManifestText(file));
   }
 
   /** The whole document as plain data (undefined when it did not parse). */
@@ -117,6 +110,22 @@ export class ManifestSource {
     if (this.problems.length === 0) return;
     this.problems.sort((a, b) => a.line - b.line || a.column - b.column);
     throw new ManifestError(this.file, this.problems);
+  }
+}
+
+/**
+ * Reads a manifest file's text.
+ *
+ * @param file Its path.
+ * @returns The text.
+ * @throws {ManifestError} If the file cannot be read, saying why.
+ */
+export async function readManifestText(file: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(file);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "the file does not exist" : String(e);
+    throw new ManifestError(file, [{ path: "", line: 0, column: 0, message: why }]);
   }
 }
 
