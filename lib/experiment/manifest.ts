@@ -22,7 +22,7 @@ import type { Architecture } from "../sae/architectures.ts";
 import { type Position, POSITIONS } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import { checkFields, type NumberRule, type Rules, type ScalarRule } from "./fields.ts";
-import { ManifestError, ManifestSource, readManifestText } from "./manifest_source.ts";
+import { ManifestSource, readManifestText } from "./manifest_source.ts";
 import {
   type Combination,
   expandMatrix,
