@@ -84,5 +84,6 @@ export function decodeGpt2(ids: ArrayLike<number>): string {
 export const GPT2_TOKENIZER: Readonly<CorpusTokenizer> = Object.freeze({
   name: "gpt2",
   encode: encodeGpt2,
+  decode: decodeGpt2,
   documentSeparator: GPT2_EOT,
 });

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import type { CorpusTokenizer } from "./text_corpus.ts";
 
 /** Number of token ids: every ASCII code point. */
 export const CHAR_VOCAB_SIZE = 128;
@@ -90,3 +91,13 @@ export function decodeChars(ids: ArrayLike<number>): string {
   }
   return parts.join("");
 }
+
+/**
+ * The character tokenizer as a corpus tokenizer (`text_corpus.ts`): documents are concatenated
+ * with no separator, so a single `.txt` file gives exactly {@linkcode encodeChars} of its text.
+ */
+export const CHAR_TOKENIZER: Readonly<CorpusTokenizer> = Object.freeze({
+  name: "char-ascii-128",
+  encode: encodeChars,
+  decode: decodeChars,
+});

@@ -35,6 +35,8 @@ export interface CorpusTokenizer {
   name: string;
   /** Encodes one document. */
   encode(text: string): Int32Array;
+  /** Decodes ids back to text (for showing contexts). */
+  decode(ids: ArrayLike<number>): string;
   /** Id placed before every document (GPT-2: 50256); none when absent. */
   documentSeparator?: number;
 }

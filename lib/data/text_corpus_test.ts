@@ -21,6 +21,7 @@ function counting(inner: CorpusTokenizer): CorpusTokenizer & { calls: number } {
 const CODES: CorpusTokenizer = {
   name: "test-codes",
   encode: (text) => Int32Array.from(text, (c) => c.charCodeAt(0)),
+  decode: (ids) => String.fromCharCode(...Array.from(ids)),
   documentSeparator: 0,
 };
 

@@ -422,6 +422,45 @@ export async function ensureActivationCache(
   return await openExisting(dir, meta, budget);
 }
 
+/**
+ * Runs the model on consecutive windows of tokens and reads the activations at some hooks.
+ *
+ * @param model The frozen model.
+ * @param tokens The split's tokens.
+ * @param seqLen Tokens per window.
+ * @param hooks Hooks in forward order (the run stops at the last).
+ * @param first The first window.
+ * @param windows How many windows.
+ * @returns Per hook, in the order given, the rows `[windows · seqLen, width]`, row-major.
+ */
+export async function recordWindows(
+  model: Pick<GPT, "run">,
+  tokens: Int32Array,
+  seqLen: number,
+  hooks: readonly string[],
+  first: number,
+  windows: number,
+): Promise<Float32Array[]> {
+  // Inputs only: evalBatches also slices targets and so needs one token past the last window.
+  const ids = tokens.subarray(first * seqLen, (first + windows) * seqLen);
+  const outputs = tf.tidy(() => {
+    const input = tf.tensor2d(ids, [windows, seqLen], "int32");
+    const { cache } = model.run({ tokens: input, cache: hooks, stopAt: hooks.at(-1)! });
+    // hook_pos_embed is [1, T, D]: every window gets the same rows.
+    return hooks.map((h) => {
+      const t = cache.get(h)!;
+      return tf.broadcastTo(t, [windows, seqLen, t.shape.at(-1)!]);
+    });
+  });
+  try {
+    const values: Float32Array[] = [];
+    for (const t of outputs) values.push((await t.data()) as Float32Array);
+    return values;
+  } finally {
+    for (const t of outputs) t.dispose();
+  }
+}
+
 /** Runs the model over every window and appends each batch's activations to the hook files. */
 async function fill(
   model: Pick<GPT, "config" | "run">,
@@ -435,7 +474,6 @@ async function fill(
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
   await Deno.mkdir(tmp, { recursive: true });
   const { hooks, seqLen, windows } = meta;
-  const stopAt = hooks.at(-1)!;
   const files = new Map<string, Deno.FsFile>();
   let pendingWrite: Promise<void> = Promise.resolve();
   try {
@@ -453,21 +491,7 @@ async function fill(
     let lastReport = started;
     for (let first = 0; first < windows; first += batchSequences) {
       const rows = Math.min(batchSequences, windows - first);
-      // Inputs only: evalBatches also slices targets and so needs one token past the last window.
-      const ids = tokens.subarray(first * seqLen, (first + rows) * seqLen);
-      const outputs = tf.tidy(() => {
-        const input = tf.tensor2d(ids, [rows, seqLen], "int32");
-        const { cache } = model.run({ tokens: input, cache: hooks, stopAt });
-        // hook_pos_embed is [1, T, D]: every window gets the same rows.
-        return hooks.map((h) => tf.broadcastTo(cache.get(h)!, [rows, seqLen, meta.widths[h]!]));
-      });
-      let values: Float32Array[];
-      try {
-        values = [];
-        for (const t of outputs) values.push((await t.data()) as Float32Array);
-      } finally {
-        for (const t of outputs) t.dispose();
-      }
+      const values = await recordWindows(model, tokens, seqLen, hooks, first, rows);
       // The previous batch's writes ran while this batch computed; order in each file is kept
       // because a batch's writes start only after the last batch's have finished.
       await pendingWrite;

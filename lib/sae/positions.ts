@@ -44,11 +44,48 @@ export interface PositionLayout {
 }
 
 /**
+ * Checks a choice of layers for a position: distinct, ascending, inside the model, and at `block`
+ * contiguous (the SAEs there form one chain through consecutive blocks).
+ *
+ * @param position Where the SAEs sit.
+ * @param nLayer Number of transformer blocks.
+ * @param layers The chosen layers.
+ * @returns Why the choice cannot be laid out, or undefined when it can.
+ *
+ * @example
+ * ```ts
+ * import { layersProblem } from "./positions.ts";
+ * if (layersProblem("block", 12, [1, 6]) === undefined) throw new Error("a block chain has gaps");
+ * ```
+ */
+export function layersProblem(
+  position: Position,
+  nLayer: number,
+  layers: readonly number[],
+): string | undefined {
+  if (layers.length === 0) return "lists no layer";
+  const outside = layers.find((l) => !Number.isInteger(l) || l < 0 || l >= nLayer);
+  if (outside !== undefined) {
+    return `layer ${outside} is not in the model (its layers are 0 … ${nLayer - 1})`;
+  }
+  if (layers.some((l, i) => i > 0 && l <= layers[i - 1]!)) {
+    return `[${layers.join(", ")}] is not strictly ascending`;
+  }
+  if (position === "block" && layers.at(-1)! - layers[0]! !== layers.length - 1) {
+    return `[${layers.join(", ")}] has gaps: at "block" the SAEs form one chain through ` +
+      `consecutive blocks`;
+  }
+  return undefined;
+}
+
+/**
  * Lays out the SAEs of a position in a model with `nLayer` blocks.
  *
  * @param position Where the SAEs sit.
  * @param nLayer Number of transformer blocks.
+ * @param layers The blocks that get SAEs (default: all); see {@link layersProblem}.
  * @returns Hooks, pairs and Staircase chains.
+ * @throws {RangeError} If the layers cannot be laid out at this position.
  *
  * @example
  * ```ts
@@ -59,14 +96,20 @@ export interface PositionLayout {
  * }
  * ```
  */
-export function layoutPosition(position: Position, nLayer: number): PositionLayout {
-  const layers = Array.from({ length: nLayer }, (_, i) => i);
+export function layoutPosition(
+  position: Position,
+  nLayer: number,
+  layers: readonly number[] = Array.from({ length: nLayer }, (_, i) => i),
+): PositionLayout {
+  const problem = layersProblem(position, nLayer, layers);
+  if (problem) throw new RangeError(`Cannot lay out SAEs at ${position}: layers ${problem}`);
   if (position === "block") {
+    const last = layers.at(-1)!;
     const hooks = [
       ...layers.map((i) => `blocks.${i}.hook_resid_pre`),
-      `blocks.${nLayer - 1}.hook_resid_post`,
+      last + 1 < nLayer ? `blocks.${last + 1}.hook_resid_pre` : `blocks.${last}.hook_resid_post`,
     ];
-    const pairs = layers.map((i) => ({ up: hooks[i]!, down: hooks[i + 1]!, layer: i }));
+    const pairs = layers.map((layer, i) => ({ up: hooks[i]!, down: hooks[i + 1]!, layer }));
     return { position, hooks, pairs, chains: [hooks] };
   }
   const [upHook, downHook] = position === "mlp"

@@ -43,6 +43,12 @@ export interface SaeTrainConfig {
   checkpointEvery: number;
   /** Initialisation seed. @default 0 */
   seed: number;
+  /**
+   * Sequences per forward/backward pass; a step accumulates the gradients of batch / microBatch
+   * passes, so memory follows this, not the batch (GPT-2's 24,576-feature SAEs need it).
+   * Unset: the whole batch at once.
+   */
+  microBatch?: number;
 }
 
 /** The paper's toy SAE schedule (reference-details §4). */
@@ -178,30 +184,62 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
       cursor = nextStart(cursor);
       // Read the next batch while this one trains.
       pending = o.data.batch(hooks, cursor, rows);
-      return tf.tidy(() => {
-        const x = new Map(hooks.map((h) => [h, tf.tensor2d(arrays.get(h)!, [rows, o.d])]));
-        const figures: tf.Tensor[] = [];
-        const { grads, value } = tf.variableGrads(() => {
-          const l0s: tf.Tensor[] = [];
-          const features = new Map<string, tf.Tensor2D>();
-          const terms = hooks.map((h) => {
-            const w = saes.weights(h);
-            const f = encode(w, x.get(h)!, saes.k);
-            features.set(h, f);
-            if (willReport) l0s.push(f.greater(0).sum(1).mean().cast("float32").reshape([1]));
-            return reconstructionLoss(x.get(h)!, decode(w, f));
-          });
-          for (const p of pairs) terms.push(o.jacobian!.loss(p, x, features).mul(o.sae.jsaeLambda));
-          // The components (and L0s) leave the gradient scope kept; the objective is their sum.
-          const stacked = tf.stack(terms);
-          figures.push(tf.keep(tf.concat([stacked, ...l0s])));
-          return stacked.sum() as tf.Scalar;
-        }, vars);
-        const named = new Map(names.map((n, i) => [n, grads[vars[i]!.name]!]));
+      const micro = (cfg.microBatch ?? cfg.batch) * o.seqLen;
+      let grads: tf.Tensor[] | undefined, figures: tf.Tensor | undefined;
+      for (let first = 0; first < rows; first += micro) {
+        const n = Math.min(micro, rows - first);
+        // Reconstruction losses are means over tokens, so each pass weighs in by its share of
+        // the batch; the Jacobian terms are sums over tokens and add up as they are.
+        const share = n / rows;
+        const pass = tf.tidy(() => {
+          const x = new Map(
+            hooks.map((
+              h,
+            ) => [
+              h,
+              tf.tensor2d(arrays.get(h)!.subarray(first * o.d, (first + n) * o.d), [n, o.d]),
+            ]),
+          );
+          const kept: tf.Tensor[] = [];
+          const { grads, value } = tf.variableGrads(() => {
+            const l0s: tf.Tensor[] = [];
+            const features = new Map<string, tf.Tensor2D>();
+            const terms = hooks.map((h) => {
+              const w = saes.weights(h);
+              const f = encode(w, x.get(h)!, saes.k);
+              features.set(h, f);
+              if (willReport) l0s.push(f.greater(0).sum(1).mean().cast("float32").reshape([1]));
+              const loss = reconstructionLoss(x.get(h)!, decode(w, f));
+              return share === 1 ? loss : loss.mul(share);
+            });
+            for (const p of pairs) {
+              terms.push(o.jacobian!.loss(p, x, features).mul(o.sae.jsaeLambda));
+            }
+            // The components (and L0s) leave the gradient scope kept; the objective is their sum.
+            const stacked = tf.stack(terms);
+            const l0 = l0s.length === 0
+              ? []
+              : [share === 1 ? tf.concat(l0s) : tf.concat(l0s).mul(share)];
+            kept.push(tf.keep(tf.concat([stacked, ...l0])));
+            return stacked.sum() as tf.Scalar;
+          }, vars);
+          value.dispose();
+          return { grads: vars.map((v) => grads[v.name]!), figures: kept[0]! };
+        });
+        if (grads === undefined) [grads, figures] = [pass.grads, pass.figures];
+        else {
+          const sums = tf.tidy(() => grads!.map((g, i) => g.add(pass.grads[i]!)));
+          const total = figures!.add(pass.figures);
+          tf.dispose([...grads, ...pass.grads, figures!, pass.figures]);
+          [grads, figures] = [sums, total];
+        }
+      }
+      tf.tidy(() => {
+        const named = new Map(names.map((n, i) => [n, grads![i]!]));
         optimizer.update(clipGlobalNorm(named, cfg.gradClip).grads, warmupCosine(cfg, step));
-        value.dispose();
-        return figures[0]!;
       });
+      tf.dispose(grads!);
+      return figures!;
     },
     report(step, values) {
       hooks.forEach((h, i) => (losses[h] = values[i]!));

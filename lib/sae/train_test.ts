@@ -109,3 +109,32 @@ Deno.test("trainSaes() fails with the step and the SAE named when a NaN enters t
   o.saes.dispose();
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("trainSaes() with micro-batches takes the same steps as with the whole batch", async () => {
+  const dir = await Deno.makeTempDir();
+  const run = async (name: string, microBatch?: number) => {
+    const lines: string[] = [];
+    const o = options(`${dir}/${name}`, { log: (l) => lines.push(l) });
+    o.train = { ...o.train, steps: 6, microBatch };
+    await trainSaes(o);
+    o.saes.dispose();
+    return { ckpt: (await loadCheckpoint(`${dir}/${name}`))!, lines };
+  };
+  const whole = await run("whole");
+  // 8 sequences in passes of 3, 3 and 2: unequal shares of the batch.
+  const micro = await run("micro", 3);
+  for (const [name, p] of Object.entries(whole.ckpt.params)) {
+    const q = micro.ckpt.params[name]!.data;
+    const err = p.data.reduce((m, v, i) => Math.max(m, Math.abs(v - q[i]!)), 0);
+    assert.ok(err < 1e-5, `${name}: max difference ${err}`);
+  }
+  // The progress lines show the same losses and L0s: the batch's, not the last pass's.
+  const figures = (lines: string[]) =>
+    lines.filter((l) => l.startsWith("step")).flatMap((l) =>
+      l.replace(/\|[^|]*tok\/s.*$/, "").match(/\d+\.\d+/g)!.map(Number)
+    );
+  const [a, b] = [figures(micro.lines), figures(whole.lines)];
+  assert.equal(a.length, 6 * 6);
+  a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) <= 2e-4 * Math.abs(b[i]!), `${v} vs ${b[i]}`));
+  await Deno.remove(dir, { recursive: true });
+});
