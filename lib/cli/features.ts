@@ -7,11 +7,10 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { backendChoiceFrom, describeBackend, selectBackend } from "../backend/select.ts";
-import { decodeChars, encodeChars } from "../data/char_tokenizer.ts";
-import { CorpusError, resolveCorpus } from "../data/corpus.ts";
-import { splitTrainVal } from "../data/split.ts";
+import { CorpusError } from "../data/corpus.ts";
+import { loadDataset, TOKENIZERS } from "../data/dataset.ts";
 import { CheckpointError } from "../model/checkpoint.ts";
-import { loadGpt } from "../model/gpt_checkpoint.ts";
+import { loadModel } from "../model/load.ts";
 import { type FeatureActivation, formatContext, topActivations } from "../sae/features.ts";
 import { loadSaes } from "../sae/sae_checkpoint.ts";
 import type { SaeWeights } from "../sae/sae.ts";
@@ -37,7 +36,7 @@ SAE there, and prints for each feature (by index, or only those named with --fea
   feature 17: density 1.23% (1374 of 111616 tokens)
       3.214  seq 12 pos 40    …the k⟦i⟧ng's…
 
-The marked character is the token the activation was read at; the context before it stops at the
+The marked text is the token the activation was read at; the context before it stops at the
 start of its sequence (all the model read), the context after it is for reading only. Line breaks
 show as ⏎. Ties rank the earlier token first.
 
@@ -114,14 +113,17 @@ Environment:
             `"corpus": { "name", "sha256" } (was the run written by this project's SAE trainer?)`,
         );
       }
-      const corpus = await resolveCorpus(config.corpus.name);
+      const { model, tokenizer } = await loadModel(config.modelKind ?? "toy", config.modelDir);
+      const data = config.data ?? { corpus: config.corpus.name };
+      const corpus = await loadDataset(data, TOKENIZERS[tokenizer]);
       if (corpus.sha256 !== config.corpus.sha256) {
+        model.dispose();
         throw new CorpusError(
-          `Cannot inspect features of "${dir}": corpus "${corpus.name}" at ${corpus.path} has ` +
-            `sha256 ${corpus.sha256}, but the SAEs were trained on sha256 ${config.corpus.sha256}`,
+          `Cannot inspect features of "${dir}": corpus "${corpus.name}" read with the ` +
+            `${tokenizer} tokenizer has key ${corpus.sha256}, but the SAEs were trained on ` +
+            `${config.corpus.sha256} (its files changed since)`,
         );
       }
-      const { model, config: modelConfig } = await loadGpt(config.modelDir);
       // The weights of Staircase SAEs are slices made on request: clones taken in one scope
       // free those slices when disposed and leave the variables of plain SAEs untouched.
       const weights = tf.tidy(() => {
@@ -134,12 +136,6 @@ Environment:
         };
       }) as SaeWeights;
       try {
-        if (modelConfig.tokenizer !== "char") {
-          throw new UsageError(
-            `Cannot inspect features of "${dir}": its model reads the "${modelConfig.tokenizer}" ` +
-              `tokenizer; only the character tokenizer's contexts can be shown`,
-          );
-        }
         const seqLen = model.config.nCtx;
         if (model.config.dModel !== config.d || model.config.nLayer !== config.nLayer) {
           throw new CheckpointError(
@@ -149,7 +145,7 @@ Environment:
               `trained on ${config.nLayer} of width ${config.d}`,
           );
         }
-        const val = splitTrainVal(encodeChars(corpus.text)).val;
+        const val = corpus.val;
         // evalBatches reads one token past the windows (the next-token target).
         const available = Math.floor((val.length - 1) / seqLen);
         if (sequencesWanted !== undefined && sequencesWanted > available) {
@@ -184,16 +180,21 @@ Environment:
           },
         });
 
-        const text = decodeChars(val);
+        // Contexts are decoded token by token, so a marked BPE token keeps its whole text.
+        const piece = (id: number) => corpus.tokenizer.decode([id]);
         const context = (a: FeatureActivation) => {
           const start = a.sequence * seqLen;
-          const window = text.slice(start, start + seqLen + CONTEXT.after);
+          const ids = val.subarray(start, Math.min(val.length, start + seqLen + CONTEXT.after));
+          const pieces = Array.from(ids, piece);
+          const at = pieces.slice(0, a.position).join("").length;
+          const text = pieces.join("");
+          const token = pieces[a.position]!;
           return {
             ...a,
-            token: window[a.position]!,
-            before: window.slice(Math.max(0, a.position - CONTEXT.before), a.position),
-            after: window.slice(a.position + 1, a.position + 1 + CONTEXT.after),
-            context: formatContext(window, a.position, CONTEXT),
+            token,
+            before: text.slice(Math.max(0, at - CONTEXT.before), at),
+            after: text.slice(at + token.length, at + token.length + CONTEXT.after),
+            context: formatContext(text, at, CONTEXT, Math.max(1, token.length)),
           };
         };
         const header = {

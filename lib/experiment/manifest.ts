@@ -17,9 +17,11 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { BACKEND_CHOICES, type BackendChoice } from "../backend/select.ts";
 import { CORPORA } from "../data/corpus.ts";
 import { type GPTConfig, MODEL_PRESETS } from "../model/gpt.ts";
+import { GPT2_FILES, gpt2DownloadHint, gptConfigFromHf } from "../model/gpt2.ts";
+import { MODEL_KINDS } from "../model/load.ts";
 import { ArchitectureError, ARCHITECTURES, checkArchitecture } from "../sae/architectures.ts";
 import type { Architecture } from "../sae/architectures.ts";
-import { type Position, POSITIONS } from "../sae/positions.ts";
+import { layersProblem, type Position, POSITIONS } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import { checkFields, type NumberRule, type Rules, type ScalarRule } from "./fields.ts";
 import { ManifestSource, readManifestText } from "./manifest_source.ts";
@@ -59,9 +61,10 @@ export const MANIFEST_RULES: Rules = {
     fields: {
       kind: {
         type: "string",
-        doc: "Model family (gpt2 is not supported yet)",
+        doc: "Model family: toy (a model trained by deno task train-model) or gpt2 (a Hugging " +
+          "Face GPT-2 folder, any size)",
         default: "toy",
-        choices: ["toy", "gpt2"],
+        choices: MODEL_KINDS,
       },
       checkpoint: {
         type: "string",
@@ -75,7 +78,18 @@ export const MANIFEST_RULES: Rules = {
         default: "",
         choices: Object.keys(MODEL_PRESETS),
       },
-      path: { type: "string", doc: "kind gpt2: folder of the GPT-2 weights", default: "" },
+      path: {
+        type: "string",
+        doc: "kind gpt2: folder with config.json and model.safetensors in the Hugging Face layout",
+        default: "",
+      },
+      layers: {
+        type: "list",
+        doc: "Blocks that get SAEs, ascending (empty: all; at block, consecutive blocks)",
+        default: [],
+        items: { type: "number", integer: true, min: 0 },
+        unique: true,
+      },
     },
   },
   data: {
@@ -87,6 +101,17 @@ export const MANIFEST_RULES: Rules = {
         doc: "Registered corpus (train split for SAE training, validation for metrics and SCALAR)",
         default: "tinyshakespeare",
         choices: Object.keys(CORPORA),
+      },
+      path: {
+        type: "string",
+        doc: "Instead of corpus: a .txt or .jsonl file or a folder of them, tokenized as the " +
+          "model reads text and split 90/10",
+        default: "",
+      },
+      text_field: {
+        type: "string",
+        doc: "The field of each .jsonl line that holds the text",
+        default: "text",
       },
     },
   },
@@ -165,6 +190,14 @@ export const MANIFEST_RULES: Rules = {
         default: t.gradClip,
         min: 0,
         exclusiveMin: true,
+      },
+      micro_batch: {
+        type: "number",
+        doc: "Sequences per forward/backward pass; gradients of the passes add up to the " +
+          "batch's (0: the whole batch at once). Memory follows this",
+        default: 0,
+        min: 0,
+        integer: true,
       },
       log_every: {
         type: "number",
@@ -523,14 +556,21 @@ function resolveRun(combo: Combination<MatrixOrigin>, ctx: CheckContext): Expand
     if (paths.some((p) => !combo.has(p) && flawed.has(p))) return;
     report(blame(combo, paths, where), message);
   };
-  if (get("model.kind") === "gpt2") {
+  const gpt2 = get("model.kind") === "gpt2";
+  if (gpt2 && !get("model.path")) {
     problem(
-      ["model.kind"],
-      `GPT-2 is not supported yet (it comes with its own issue); use kind "toy" with a trained ` +
-        `checkpoint`,
+      ["model.path", "model.kind"],
+      `kind "gpt2" needs model.path: the folder with config.json and model.safetensors`,
     );
-  } else if (get("model.path")) {
+  } else if (!gpt2 && get("model.path")) {
     problem(["model.path"], `only kind "gpt2" reads a path; a toy model is read from checkpoint`);
+  }
+  if (get<number>("train.micro_batch") > get<number>("train.batch")) {
+    problem(
+      ["train.micro_batch", "train.batch"],
+      `micro_batch = ${get("train.micro_batch")} is more than the batch of ${get("train.batch")} ` +
+        `sequences`,
+    );
   }
   try {
     checkArchitecture(get<Architecture>("sae.arch"), get<Position>("position"));
@@ -558,9 +598,19 @@ function resolveRun(combo: Combination<MatrixOrigin>, ctx: CheckContext): Expand
     );
   }
 
+  const layers = get<number[]>("model.layers");
+  const microBatch = get<number>("train.micro_batch");
+  const dataPath = get<string>("data.path");
+  // Optional fields are set only when they say something, so runs written before they existed
+  // keep their ids.
   const config: SaeRunConfig = {
-    modelDir: normalizeDir(get("model.checkpoint")),
+    modelDir: normalizeDir(get(gpt2 ? "model.path" : "model.checkpoint")),
+    ...(gpt2 ? { modelKind: "gpt2" as const } : {}),
+    ...(layers.length > 0 ? { layers } : {}),
     corpus: get("data.corpus"),
+    ...(dataPath
+      ? { dataPath: normalizeDir(dataPath), textField: get<string>("data.text_field") }
+      : {}),
     position: get("position"),
     sae: {
       arch: get("sae.arch"),
@@ -581,6 +631,7 @@ function resolveRun(combo: Combination<MatrixOrigin>, ctx: CheckContext): Expand
       logEvery: get("train.log_every"),
       checkpointEvery: get("train.checkpoint_every"),
       seed,
+      ...(microBatch > 0 && microBatch < get<number>("train.batch") ? { microBatch } : {}),
     },
     evalSequences: get("eval.sequences"),
     scalar: {
@@ -596,8 +647,8 @@ function resolveRun(combo: Combination<MatrixOrigin>, ctx: CheckContext): Expand
 }
 
 /**
- * Checks that every toy model the runs name is a finished, trained model of the named shape,
- * reading each folder once.
+ * Checks that every model the runs name is there (a finished toy model of the named shape, or a
+ * complete GPT-2 folder) and that its layers fit the runs' layer choices, reading each folder once.
  */
 async function checkModels(
   combinations: Combination<MatrixOrigin>[],
@@ -607,20 +658,21 @@ async function checkModels(
   const checks = new Map<string, Promise<{ problem?: string; shape?: GPTConfig }>>();
   for (const combo of combinations) {
     const value = (path: string) => combo.get(path)?.value ?? getPath(fields, path);
-    // A checkpoint field with a problem of its own holds the default: do not report that too.
-    const flawedHere = ["model.kind", "model.checkpoint"].some((p) =>
-      !combo.has(p) && flawed.has(p)
-    );
-    if (value("model.kind") !== "toy" || flawedHere) continue;
-    const dir = normalizeDir(value("model.checkpoint") as string);
-    if (!checks.has(dir)) checks.set(dir, inspectModel(dir));
-    const { problem, shape } = await checks.get(dir)!;
+    const gpt2 = value("model.kind") === "gpt2";
+    const dirField = gpt2 ? "model.path" : "model.checkpoint";
+    // A field with a problem of its own holds its default: do not report that too.
+    const flawedHere = ["model.kind", dirField].some((p) => !combo.has(p) && flawed.has(p));
+    if (flawedHere || (gpt2 && !value("model.path"))) continue;
+    const dir = normalizeDir(value(dirField) as string);
+    const key = `${gpt2 ? "gpt2" : "toy"}:${dir}`;
+    if (!checks.has(key)) checks.set(key, gpt2 ? inspectGpt2(dir) : inspectModel(dir));
+    const { problem, shape } = await checks.get(key)!;
     if (problem) {
-      report(blame(combo, ["model.checkpoint"], where), problem);
+      report(blame(combo, [dirField], where), problem);
       continue;
     }
     const preset = value("model.config") as string;
-    const want = MODEL_PRESETS[preset];
+    const want = gpt2 ? undefined : MODEL_PRESETS[preset];
     if (want && shape) {
       const differ = (Object.keys(want) as (keyof GPTConfig)[]).filter((k) => want[k] !== shape[k]);
       if (differ.length > 0) {
@@ -632,6 +684,32 @@ async function checkModels(
         );
       }
     }
+    const layers = getPath(fields, "model.layers") as number[];
+    if (shape && layers.length > 0 && !flawed.has("model.layers")) {
+      const why = layersProblem(value("position") as Position, shape.nLayer, layers);
+      if (why) report(blame(combo, ["model.layers"], where), `${why}`);
+    }
+  }
+}
+
+/** Whether a folder holds a Hugging Face GPT-2 the loader reads, and its shape. */
+async function inspectGpt2(dir: string): Promise<{ problem?: string; shape?: GPTConfig }> {
+  const missing = [];
+  for (const name of [GPT2_FILES.config, GPT2_FILES.weights]) {
+    if (!(await Deno.stat(`${dir}/${name}`).then(() => true, () => false))) missing.push(name);
+  }
+  if (missing.length > 0) {
+    return {
+      problem: `Cannot find GPT-2 in "${dir}": ${missing.join(" and ")} ` +
+        `${missing.length === 1 ? "is" : "are"} missing; with internet access: ` +
+        gpt2DownloadHint(dir),
+    };
+  }
+  try {
+    const json = JSON.parse(await Deno.readTextFile(`${dir}/${GPT2_FILES.config}`));
+    return { shape: gptConfigFromHf(json, `${dir}/${GPT2_FILES.config}`) };
+  } catch (e) {
+    return { problem: `Cannot use GPT-2 in "${dir}": ${e instanceof Error ? e.message : e}` };
   }
 }
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { SHAKESPEARE_64X4 } from "../model/gpt.ts";
+import { GPT2_SMALL, SHAKESPEARE_64X4 } from "../model/gpt.ts";
+import { hfConfigFromGpt } from "../model/gpt2.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import {
   canonicalJson,
@@ -18,7 +19,14 @@ Deno.writeTextFileSync(
   JSON.stringify({ format: "scalar-lab/gpt", model: SHAKESPEARE_64X4, tokenizer: "char" }),
 );
 Deno.writeTextFileSync(`${MODEL}/model.safetensors`, "");
-globalThis.addEventListener("unload", () => Deno.removeSync(MODEL, { recursive: true }));
+/** A folder that passes for a Hugging Face GPT-2 Small (the checks read config.json only). */
+const GPT2 = Deno.makeTempDirSync({ prefix: "manifest_test_gpt2_" });
+Deno.writeTextFileSync(`${GPT2}/config.json`, JSON.stringify(hfConfigFromGpt(GPT2_SMALL)));
+Deno.writeTextFileSync(`${GPT2}/model.safetensors`, "");
+globalThis.addEventListener("unload", () => {
+  Deno.removeSync(MODEL, { recursive: true });
+  Deno.removeSync(GPT2, { recursive: true });
+});
 
 /** Lines 1–2 of every test manifest: a name and the model. */
 const HEAD = `name: t\nmodel: { checkpoint: ${MODEL} }\n`;
@@ -406,11 +414,40 @@ const MALFORMED: { what: string; text: string; expect: string[] }[] = [
     ],
   },
   {
-    what: "GPT-2",
-    text: "name: t\nmodel:\n  kind: gpt2\n  path: /models/gpt2\n",
+    what: "a GPT-2 folder without weights",
+    text: `name: t\nmodel:\n  kind: gpt2\n  path: ${GPT2}/empty\n`,
     expect: [
-      "m.yaml:3:3: model.kind: GPT-2 is not supported yet (it comes with its own issue); use kind " +
-      '"toy" with a trained checkpoint',
+      `m.yaml:4:3: model.path: Cannot find GPT-2 in "${GPT2}/empty": config.json and ` +
+      `model.safetensors are missing; with internet access: huggingface-cli download ` +
+      `openai-community/gpt2 config.json model.safetensors --local-dir ${GPT2}/empty`,
+    ],
+  },
+  {
+    what: "GPT-2 without a path",
+    text: "name: t\nmodel:\n  kind: gpt2\n",
+    expect: [
+      'm.yaml:3:3: model.kind: kind "gpt2" needs model.path: the folder with config.json and ' +
+      "model.safetensors",
+    ],
+  },
+  {
+    what: "layers the model does not have",
+    text: `name: t\nmodel:\n  kind: gpt2\n  path: ${GPT2}\n  layers: [1, 12]\n`,
+    expect: ["m.yaml:5:3: model.layers: layer 12 is not in the model (its layers are 0 … 11)"],
+  },
+  {
+    what: "a block chain with gaps",
+    text: `name: t\nmodel: { checkpoint: ${MODEL}, layers: [0, 2] }\nposition: block\n`,
+    expect: [
+      `m.yaml:2:${`model: { checkpoint: ${MODEL}, `.length + 1}: model.layers: [0, 2] has gaps: ` +
+      'at "block" the SAEs form one chain through consecutive blocks',
+    ],
+  },
+  {
+    what: "a micro-batch larger than the batch",
+    text: `${HEAD}train: { batch: 8, micro_batch: 16 }\n`,
+    expect: [
+      "m.yaml:3:20: train.micro_batch: micro_batch = 16 is more than the batch of 8 sequences",
     ],
   },
 ];
@@ -514,4 +551,24 @@ Deno.test("runId() changes with every setting and with the seed", () => {
 
 Deno.test("canonicalJson() refuses values JSON cannot hold", () => {
   assert.throws(() => canonicalJson({ a: NaN }), /Cannot write NaN as canonical JSON/);
+});
+
+Deno.test("expandManifestText() maps a GPT-2 manifest: folder, layers, local data, micro-batches", async () => {
+  const { runs } = await expandManifestText(
+    "m.yaml",
+    `name: g\nmodel: { kind: gpt2, path: ${GPT2}/, layers: [1, 6, 11] }\n` +
+      `data: { path: ./corpus/, text_field: body }\nposition: mlp-block\n` +
+      `train: { batch: 32, micro_batch: 1 }\n`,
+  );
+  const c = runs[0]!.config;
+  assert.equal(c.modelKind, "gpt2");
+  assert.equal(c.modelDir, GPT2);
+  assert.deepEqual(c.layers, [1, 6, 11]);
+  assert.equal(c.dataPath, "corpus");
+  assert.equal(c.textField, "body");
+  assert.equal(c.train.microBatch, 1);
+  // Unset optional fields stay out of the config, so toy runs keep the ids they always had.
+  const toy = (await expand("")).runs[0]!.config;
+  for (const key of ["modelKind", "layers", "dataPath", "textField"]) assert.ok(!(key in toy), key);
+  assert.ok(!("microBatch" in toy.train));
 });

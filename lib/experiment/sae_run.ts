@@ -5,12 +5,16 @@
  *
  * @module
  */
-import { encodeChars } from "../data/char_tokenizer.ts";
-import { resolveCorpus } from "../data/corpus.ts";
-import { splitTrainVal } from "../data/split.ts";
-import { loadGpt } from "../model/gpt_checkpoint.ts";
+import { loadDataset, TOKENIZERS } from "../data/dataset.ts";
+import type { GPTConfig } from "../model/gpt.ts";
+import { loadModel } from "../model/load.ts";
 import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
-import { ensureActivationCache, modelFingerprint } from "../sae/activation_cache.ts";
+import {
+  DEFAULT_MEMORY_BUDGET_BYTES,
+  ensureActivationCache,
+  modelFingerprint,
+} from "../sae/activation_cache.ts";
+import { streamActivations } from "../sae/activation_stream.ts";
 import { jacobianLoss } from "../sae/jacobian.ts";
 import { evaluateSaes, type SaeEvaluation } from "../sae/metrics.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
@@ -49,10 +53,18 @@ export const SCALAR_DEFAULTS: Readonly<ScalarConfig> = Object.freeze({
 
 /** Everything that defines one run (its id is a hash of this). */
 export interface SaeRunConfig {
-  /** The trained model's checkpoint folder. */
+  /** The model's folder: a toy checkpoint, or a Hugging Face folder when `modelKind` is gpt2. */
   modelDir: string;
-  /** Registered corpus. */
+  /** Set for GPT-2; unset means a toy model. */
+  modelKind?: "gpt2";
+  /** Blocks that get SAEs, ascending; unset means all. */
+  layers?: number[];
+  /** Registered corpus, read when `dataPath` is unset. */
   corpus: string;
+  /** A local `.txt`/`.jsonl` file or folder instead of the registered corpus. */
+  dataPath?: string;
+  /** The `.jsonl` text field of `dataPath`. */
+  textField?: string;
   /** Where the SAEs sit. */
   position: Position;
   /** The SAEs. */
@@ -172,25 +184,47 @@ export async function runSaeExperiment(
   o: RunSaeOptions,
 ): Promise<SaeRunResult | undefined> {
   const { runDir, log } = o;
-  const { model, config: modelConfig } = await loadGpt(config.modelDir);
+  const { model, tokenizer, valLoss } = await loadModel(config.modelKind ?? "toy", config.modelDir);
   try {
-    const corpus = await resolveCorpus(config.corpus);
-    const split = splitTrainVal(encodeChars(corpus.text));
+    const split = await loadDataset(
+      { corpus: config.corpus, path: config.dataPath, textField: config.textField },
+      TOKENIZERS[tokenizer],
+      log,
+    );
     const { nLayer, dModel: d, nCtx } = model.config;
-    const positions = layoutPosition(config.position, nLayer);
+    const positions = layoutPosition(config.position, nLayer, config.layers);
     const saes = buildSaes(config.sae, positions, d, o.seed);
+    const passSequences = sequencesPerPass(model.config);
     try {
       await Deno.mkdir(runDir, { recursive: true });
       const fingerprint = modelFingerprint(await model.parameterValues());
-      const cache = await ensureActivationCache({
-        model,
-        tokens: split.train,
-        seqLen: nCtx,
-        hooks: positions.hooks,
-        root: o.cacheRoot,
-        key: { modelSha256: fingerprint, corpusSha256: corpus.sha256, split: "train" },
-        log,
-      });
+      const cacheBytes = Math.floor(split.train.length / nCtx) * nCtx * positions.hooks.length * d *
+        4;
+      // A cache is filled once and shared by every run of the model; beyond the memory budget it
+      // would be read from disk at every step anyway, so the model recomputes the batch instead.
+      const data = cacheBytes <= DEFAULT_MEMORY_BUDGET_BYTES
+        ? await ensureActivationCache({
+          model,
+          tokens: split.train,
+          seqLen: nCtx,
+          hooks: positions.hooks,
+          root: o.cacheRoot,
+          key: { modelSha256: fingerprint, corpusSha256: split.sha256, split: "train" },
+          log,
+        })
+        : streamActivations({
+          model,
+          tokens: split.train,
+          seqLen: nCtx,
+          batchSequences: passSequences,
+        });
+      if (!(cacheBytes <= DEFAULT_MEMORY_BUDGET_BYTES)) {
+        log(
+          `activations: computed per batch (a cache would take ${
+            (cacheBytes / 1e9).toFixed(1)
+          } GB)`,
+        );
+      }
       const mlp = (layer: number) => ({
         wFc: model.params.get(`h.${layer}.mlp.c_fc.weight`)! as tf.Tensor2D,
         bFc: model.params.get(`h.${layer}.mlp.c_fc.bias`)! as tf.Tensor1D,
@@ -202,7 +236,7 @@ export async function runSaeExperiment(
         train: config.train,
         seqLen: nCtx,
         d,
-        data: cache,
+        data,
         jacobian: config.sae.arch === "jsae"
           ? {
             pairs: positions.pairs,
@@ -231,9 +265,13 @@ export async function runSaeExperiment(
           position: config.position,
           nLayer,
           d,
-          corpus: { name: corpus.name, sha256: corpus.sha256 },
+          modelKind: config.modelKind ?? "toy",
+          layers: config.layers,
+          corpus: { name: split.name, sha256: split.sha256 },
+          data: { corpus: config.corpus, path: config.dataPath, textField: config.textField },
+          tokenizer,
           modelFingerprint: fingerprint,
-          modelValLoss: (modelConfig.history as { valLoss: number }[] | undefined)?.at(-1)?.valLoss,
+          modelValLoss: valLoss,
         },
         signal: o.signal,
         log,
@@ -248,7 +286,7 @@ export async function runSaeExperiment(
           saes,
           tokens: split.val,
           sequences: config.evalSequences || Math.floor(split.val.length / nCtx) - 1,
-          batchSequences: 32,
+          batchSequences: passSequences,
           log,
         });
         await writeJson(`${runDir}/metrics.json`, metrics);
@@ -279,7 +317,7 @@ export async function runSaeExperiment(
             counts: edgeCounts(eTot),
             tokens: split.val,
             prompts: config.scalar.prompts,
-            batchSequences: 10,
+            batchSequences: Math.min(10, passSequences),
             bootstrap: { resamples: config.scalar.bootstrap, seed: o.seed },
             log,
           });
@@ -317,4 +355,18 @@ export async function runSaeExperiment(
   } finally {
     model.dispose();
   }
+}
+
+/** Bytes of logits one evaluation pass may hold: GPT-2's 50,257-way logits dominate its passes. */
+const LOGITS_BUDGET_BYTES = 256 * 1024 ** 2;
+
+/**
+ * Sequences per evaluation pass: as many as keep the logits within {@link LOGITS_BUDGET_BYTES},
+ * at most 32 (the toy model's 128-way logits would allow thousands).
+ *
+ * @param c The model shape.
+ * @returns At least 1.
+ */
+export function sequencesPerPass(c: GPTConfig): number {
+  return Math.max(1, Math.min(32, Math.floor(LOGITS_BUDGET_BYTES / (c.nCtx * c.vocabSize * 4))));
 }

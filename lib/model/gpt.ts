@@ -42,6 +42,17 @@ export const SHAKESPEARE_64X4: Readonly<GPTConfig> = Object.freeze({
   lnEps: 1e-5,
 });
 
+/** GPT-2 Small (124M), the shape of the Hugging Face `gpt2` checkpoint. */
+export const GPT2_SMALL: Readonly<GPTConfig> = Object.freeze({
+  nLayer: 12,
+  nHead: 12,
+  dModel: 768,
+  dMlp: 3072,
+  nCtx: 1024,
+  vocabSize: 50257,
+  lnEps: 1e-5,
+});
+
 /** Named model configurations a manifest can refer to. */
 export const MODEL_PRESETS: Readonly<Record<string, Readonly<GPTConfig>>> = Object.freeze({
   shakespeare_64x4: SHAKESPEARE_64X4,

@@ -296,6 +296,7 @@ const visible = (s: string) => s.replace(LINE_BREAKS, "⏎");
  * has one unit per token).
  * @param index The marked character's index.
  * @param width Characters to show before and after it.
+ * @param length Characters marked from `index` on (a BPE token is several). @default 1
  * @returns The one-line snippet.
  * @throws {RangeError} If `index` is outside the text or a width is not a non-negative integer.
  *
@@ -307,8 +308,13 @@ const visible = (s: string) => s.replace(LINE_BREAKS, "⏎");
  * equal(formatContext("O, the king's\nson", 8, { before: 5, after: 4 }), "…the k⟦i⟧ng's…");
  * ```
  */
-export function formatContext(text: string, index: number, width: ContextWidth): string {
-  if (!Number.isInteger(index) || index < 0 || index >= text.length) {
+export function formatContext(
+  text: string,
+  index: number,
+  width: ContextWidth,
+  length = 1,
+): string {
+  if (!Number.isInteger(index) || index < 0 || index + length > text.length || length < 1) {
     throw new RangeError(
       `Cannot mark character "${index}": outside the text of ${text.length} characters`,
     );
@@ -319,9 +325,9 @@ export function formatContext(text: string, index: number, width: ContextWidth):
     }
   }
   const start = Math.max(0, index - width.before);
-  const end = Math.min(text.length, index + 1 + width.after);
+  const end = Math.min(text.length, index + length + width.after);
   return (start > 0 ? "…" : "") + visible(text.slice(start, index)) +
-    `⟦${visible(text[index]!)}⟧` + visible(text.slice(index + 1, end)) +
+    `⟦${visible(text.slice(index, index + length))}⟧` + visible(text.slice(index + length, end)) +
     (end < text.length ? "…" : "");
 }
 

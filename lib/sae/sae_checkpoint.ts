@@ -18,8 +18,14 @@ export interface SaeCheckpointConfig {
   hooks: string[];
   /** Features per hook. */
   widths: Record<string, number>;
-  /** The model checkpoint folder the SAEs were trained on. */
+  /** The model folder the SAEs were trained on. */
   modelDir: string;
+  /** The model's family (absent in runs written before GPT-2 support: toy). */
+  modelKind?: "toy" | "gpt2";
+  /** The blocks with SAEs (absent: all). */
+  layers?: number[];
+  /** Where the text came from (absent: the registered corpus named in `corpus`). */
+  data?: { corpus: string; path?: string; textField?: string };
   /** The SAE position. */
   position: Position;
   /** Layers of the model. */
@@ -49,7 +55,7 @@ export async function loadSaes(
         `(is this a trained SAE run's folder?)`,
     );
   }
-  const layout = layoutPosition(config.position, config.nLayer);
+  const layout = layoutPosition(config.position, config.nLayer, config.layers);
   const saes = buildSaes(config.settings.sae, layout, config.d, 0);
   try {
     restoreParams(saes.params, checkpoint.params, dir);
