@@ -11,7 +11,8 @@ import {
   expandManifest,
   type ManifestExpansion,
 } from "../experiment/manifest.ts";
-import { runSaeExperiment } from "../experiment/sae_run.ts";
+import { estimateRuns, formatEstimate, measureThroughput } from "../experiment/estimate.ts";
+import { runSaeExperiment, type SaeRunConfig } from "../experiment/sae_run.ts";
 import { openStore, type Store } from "../store/db.ts";
 import { markRunning, type RunRecord, runStatuses, storeRun } from "../store/write.ts";
 import { formatDuration } from "../util/progress.ts";
@@ -60,6 +61,7 @@ async function loadGrid(args: string[]) {
     backend: { type: "string" },
     force: { type: "boolean" },
     "fail-fast": { type: "boolean" },
+    yes: { type: "boolean" },
   });
   if (positionals.length !== 1) throw new UsageError("expected exactly one MANIFEST path");
   const expansion: ManifestExpansion = await expandManifest(positionals[0]!);
@@ -67,6 +69,27 @@ async function loadGrid(args: string[]) {
   const db = values.db ?? DEFAULT_DB;
   const statuses = await withStore(db, (s) => runStatuses(s, expansion.manifest.name));
   return { values, expansion, runs, db, statuses };
+}
+
+/**
+ * Prints what the pending runs will cost on this backend and refuses, with the figures, a grid
+ * whose largest run cannot fit in the memory available, unless the user said `--yes`.
+ */
+async function checkCost(configs: SaeRunConfig[], backend: string, yes: boolean): Promise<void> {
+  const { estimates, d } = await estimateRuns(configs, (line) => console.error(line));
+  // WebGPU does not tell how much memory its device has; the CPU backends use the host's.
+  const available = backend === "webgpu" ? undefined : Deno.systemMemoryInfo().available;
+  for (const line of formatEstimate(estimates, await measureThroughput(d), available)) {
+    console.error(line);
+  }
+  const peak = Math.max(...estimates.map((e) => e.peakBytes));
+  if (available !== undefined && peak > available && !yes) {
+    throw new UsageError(
+      `the largest run needs about ${(peak / 1e9).toFixed(1)} GB at its peak, but only ` +
+        `${(available / 1e9).toFixed(1)} GB are available; lower train.micro_batch or the SAE ` +
+        `width, use a machine with more memory, or pass --yes to try anyway`,
+    );
+  }
 }
 
 /** The `plan` command. */
@@ -97,19 +120,22 @@ ${COMMON_HELP}`,
 export const runCommand: Command = {
   summary: "run an experiment manifest's pending runs and store every result",
   help:
-    `Usage: deno task run MANIFEST [--backend NAME] [--force] [--fail-fast] [--only KEY=VALUE] [--db PATH]
+    `Usage: deno task run MANIFEST [--backend NAME] [--force] [--fail-fast] [--yes] [--only KEY=VALUE] [--db PATH]
 
 Expands the manifest's matrix and runs every run that is not done yet: trains the SAEs (sharing
 the model's activation cache between runs), evaluates them, measures SCALAR, and stores all of it
 in the results database in one transaction per run. A run's id is a hash of its resolved config,
 so running the manifest again skips finished runs; an interrupted run resumes from its
-checkpoint. A failed run records its error and the grid goes on.
+checkpoint. A failed run records its error and the grid goes on. Before it starts, it prints
+the grid's estimated peak memory and time on the chosen backend, and refuses a grid whose memory
+cannot fit.
 
 Options:
   --backend NAME   auto | tensorflow | webgpu | wasm | cpu (default: $SCALAR_BACKEND, then the
                    manifest's backend)
   --force          run done runs again
   --fail-fast      stop at the first failed run
+  --yes            run even when the estimated memory exceeds what is available
 ${COMMON_HELP}`,
   async run(args) {
     const { values, expansion, runs, db, statuses } = await loadGrid(args);
@@ -119,6 +145,7 @@ ${COMMON_HELP}`,
     if (pending.length === 0) return 0;
     const backend = await selectBackend(backendChoiceFrom(values.backend, manifest.backend));
     console.error(describeBackend(backend));
+    await checkCost(pending.map((r) => r.config), backend.name, values.yes ?? false);
 
     const abort = new AbortController();
     const onInterrupt = () => {

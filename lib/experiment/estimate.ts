@@ -1,0 +1,280 @@
+/**
+ * What a run will cost before it starts: its peak memory, its arithmetic, and from a throughput
+ * measured on the chosen backend, its time. Rough by design (a factor of 2–3 either way): enough
+ * to tell a 10-minute run from a 10-day one, and to refuse a run that cannot fit before it has
+ * spent an hour filling a cache.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { loadDataset, TOKENIZERS } from "../data/dataset.ts";
+import { type GPTConfig, parameterShapes } from "../model/gpt.ts";
+import { gptConfigFromHf } from "../model/gpt2.ts";
+import { formatDuration } from "../util/progress.ts";
+import { DEFAULT_MEMORY_BUDGET_BYTES } from "../sae/activation_cache.ts";
+import { layoutPosition } from "../sae/positions.ts";
+import { type SaeRunConfig, sequencesPerPass } from "./sae_run.ts";
+
+/** One line of an estimate. */
+export interface EstimatePart {
+  /** What it is. */
+  label: string;
+  /** Its size: bytes for memory, floating-point operations for work. */
+  amount: number;
+}
+
+/** The cost of one run. */
+export interface RunEstimate {
+  /** Memory held at the run's peak, by part. */
+  memory: EstimatePart[];
+  /** Total of `memory`. */
+  peakBytes: number;
+  /** Arithmetic by stage. */
+  work: EstimatePart[];
+  /** Total of `work`. */
+  flops: number;
+}
+
+/** Bytes per SCALAR edge: float64 sums of squares, float32 score, its rank and sorting lists. */
+const EDGE_BYTES = 32;
+
+/**
+ * The SAE widths of a run, per hook in forward order.
+ *
+ * @param config The run.
+ * @param nLayer The model's layers.
+ * @returns Hook → features.
+ */
+export function saeWidths(config: SaeRunConfig, nLayer: number): Map<string, number> {
+  const layout = layoutPosition(config.position, nLayer, config.layers);
+  const stair = config.sae.arch.startsWith("staircase");
+  const widths = new Map<string, number>();
+  for (const chain of layout.chains) {
+    chain.forEach((h, j) => widths.set(h, (stair ? j + 1 : 1) * config.sae.features));
+  }
+  return widths;
+}
+
+/**
+ * Trainable SAE parameters: per SAE W_enc, b_enc, W_dec, b_dec; a Staircase chain shares one
+ * W_enc/W_dec as wide as its last SAE.
+ *
+ * @param config The run.
+ * @param d The activation width.
+ * @param nLayer The model's layers.
+ * @returns The count (the paper's 528,896 for TopK at the toy model's mlp-block).
+ */
+export function saeParameterCount(config: SaeRunConfig, d: number, nLayer: number): number {
+  const layout = layoutPosition(config.position, nLayer, config.layers);
+  const widths = saeWidths(config, nLayer);
+  const biases = [...widths.values()].reduce((n, w) => n + w + d, 0);
+  const stair = config.sae.arch.startsWith("staircase");
+  const matrices = stair
+    ? layout.chains.reduce((n, c) => n + 2 * d * widths.get(c.at(-1)!)!, 0)
+    : [...widths.values()].reduce((n, w) => n + 2 * d * w, 0);
+  return matrices + biases;
+}
+
+/** The corpus sizes an estimate needs. */
+export interface CorpusSize {
+  /** Training tokens (the activation cache's rows). */
+  train: number;
+  /** Validation tokens (evaluation reads all of them when `eval.sequences` is 0). */
+  val: number;
+}
+
+/**
+ * Estimates one run's peak memory and arithmetic.
+ *
+ * @param config The run.
+ * @param shape The model's shape.
+ * @param corpus The sizes of its token splits.
+ * @returns Memory and work, by part.
+ */
+export function estimateRun(
+  config: SaeRunConfig,
+  shape: GPTConfig,
+  corpus: CorpusSize,
+): RunEstimate {
+  const { dModel: d, nCtx, vocabSize, nLayer } = shape;
+  const widths = saeWidths(config, nLayer);
+  const layout = layoutPosition(config.position, nLayer, config.layers);
+  const modelParams = [...parameterShapes(shape).values()]
+    .reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+  // Per token, a block costs 2 FLOPs per weight plus attention's scores and mixing.
+  const blockFlops = 2 * (4 * d * d + 2 * d * shape.dMlp) + 4 * nCtx * d;
+  const headFlops = 2 * d * vocabSize;
+  const featureSum = [...widths.values()].reduce((a, b) => a + b, 0);
+  const t = config.train;
+  const stepTokens = t.batch * nCtx;
+  const passTokens = (t.microBatch ?? t.batch) * nCtx;
+  const hookBytes = widths.size * d * 4;
+  // The runner caches activations that fit the memory budget and streams the rest (sae_run.ts).
+  const cacheBytes = Math.floor(corpus.train / nCtx) * nCtx * hookBytes;
+  const cached = cacheBytes <= DEFAULT_MEMORY_BUDGET_BYTES;
+  // A training pass holds about four dense [tokens, width] arrays per SAE (pre-activations,
+  // kept features and their gradients) and three [tokens, d] ones (input, reconstruction, error).
+  const passBytes = 4 * passTokens * (4 * featureSum + 3 * widths.size * d);
+  const evalBytes = 3 * 4 * sequencesPerPass(shape) * nCtx * vocabSize;
+  const edges = Math.max(...layout.pairs.map((p) => widths.get(p.up)! * widths.get(p.down)!));
+  const scalarBytes = config.scalar.enabled ? EDGE_BYTES * edges : 0;
+  const memory: EstimatePart[] = [
+    { label: "model", amount: 4 * modelParams },
+    {
+      label: "SAE parameters, gradients and Adam moments",
+      amount: 16 * saeParameterCount(config, d, nLayer),
+    },
+    cached
+      ? { label: "activation cache (in memory)", amount: cacheBytes }
+      // This batch and the next, prefetched while this one trains.
+      : { label: "streamed activations of two batches", amount: 2 * stepTokens * hookBytes },
+    {
+      label: "the largest of a training pass, an evaluation pass and SCALAR's edge scores",
+      amount: Math.max(passBytes, evalBytes, scalarBytes),
+    },
+  ];
+
+  const lastLayer = Math.max(...layout.pairs.map((p) => p.layer)) + 1;
+  const evalTokens = (config.evalSequences || Math.floor(corpus.val / nCtx) - 1) * nCtx;
+  const forward = nLayer * blockFlops + headFlops;
+  const work: EstimatePart[] = [
+    {
+      // Encoder forward and both backward products; the decoder reads only the k kept rows.
+      // Streamed activations add the model's forward up to the last hook at every step.
+      label: "training",
+      amount: t.steps * stepTokens * (6 * d * featureSum + (cached ? 0 : lastLayer * blockFlops)),
+    },
+    {
+      // The clean model, each SAE spliced in alone, then all together.
+      label: "evaluation",
+      amount: evalTokens * (layout.hooks.length + 2) * forward,
+    },
+    {
+      label: "SCALAR",
+      amount: config.scalar.enabled
+        ? layout.pairs.length * (
+          // Attribution: a backward through the segment per kept downstream feature and step.
+          config.scalar.igSequences * nCtx * config.scalar.igSteps * config.sae.k * 3 *
+            blockFlops +
+          // Ablation: 35 edge counts, each a forward of the prompts to the logits.
+          35 * config.scalar.prompts * nCtx * forward
+        )
+        : 0,
+    },
+  ];
+  const sum = (parts: EstimatePart[]) => parts.reduce((n, p) => n + p.amount, 0);
+  return { memory, peakBytes: sum(memory), work, flops: sum(work) };
+}
+
+/**
+ * Measures the backend's matrix-product throughput on an SAE-encoder-like product, the bulk of
+ * a run's arithmetic.
+ *
+ * @param d The activation width.
+ * @returns Floating-point operations per second.
+ */
+export async function measureThroughput(d: number): Promise<number> {
+  const [m, n] = [2048, 2048];
+  const a = tf.randomNormal([m, d]), b = tf.randomNormal([d, n]);
+  try {
+    const warm = tf.matMul(a, b); // kernels compile, buffers are made
+    await warm.data();
+    warm.dispose();
+    const reps = 3, t0 = performance.now();
+    for (let i = 0; i < reps; i++) {
+      const c = tf.matMul(a, b);
+      await c.data();
+      c.dispose();
+    }
+    return (reps * 2 * m * n * d) / ((performance.now() - t0) / 1000);
+  } finally {
+    tf.dispose([a, b]);
+  }
+}
+
+/** A model's shape and tokenizer from its folder, without reading the weights. */
+async function modelShape(
+  config: SaeRunConfig,
+): Promise<{ shape: GPTConfig; tokenizer: "char" | "gpt2" }> {
+  const json = JSON.parse(await Deno.readTextFile(`${config.modelDir}/config.json`));
+  return config.modelKind === "gpt2"
+    ? { shape: gptConfigFromHf(json), tokenizer: "gpt2" }
+    : { shape: json.model as GPTConfig, tokenizer: json.tokenizer ?? "char" };
+}
+
+/**
+ * Estimates every run of a grid, reading each model's shape and each corpus once (the corpus is
+ * tokenized now if it never was: the run would do it first anyway).
+ *
+ * @param configs The runs.
+ * @param log Progress lines of a large corpus.
+ * @returns Each run's estimate and the activation width of the first.
+ */
+export async function estimateRuns(
+  configs: readonly SaeRunConfig[],
+  log?: (line: string) => void,
+): Promise<{ estimates: RunEstimate[]; d: number }> {
+  const seen = new Map<string, Promise<{ shape: GPTConfig; corpus: CorpusSize }>>();
+  const inputs = (c: SaeRunConfig) => {
+    const key = JSON.stringify([c.modelKind, c.modelDir, c.corpus, c.dataPath, c.textField]);
+    if (!seen.has(key)) {
+      seen.set(
+        key,
+        (async () => {
+          const { shape, tokenizer } = await modelShape(c);
+          const data = await loadDataset(
+            { corpus: c.corpus, path: c.dataPath, textField: c.textField },
+            TOKENIZERS[tokenizer],
+            log,
+          );
+          return { shape, corpus: { train: data.train.length, val: data.val.length } };
+        })(),
+      );
+    }
+    return seen.get(key)!;
+  };
+  const estimates: RunEstimate[] = [];
+  let d = 0;
+  for (const c of configs) {
+    const { shape, corpus } = await inputs(c);
+    d ||= shape.dModel;
+    estimates.push(estimateRun(c, shape, corpus));
+  }
+  return { estimates, d };
+}
+
+const gigabytes = (bytes: number) => `${(bytes / 1e9).toFixed(bytes < 1e9 ? 2 : 1)} GB`;
+
+/**
+ * Says what a grid will cost, one line per figure.
+ *
+ * @param estimates Each pending run's estimate.
+ * @param flopsPerSecond The backend's measured throughput.
+ * @param availableBytes Memory free for the run, when the backend's memory can be known.
+ * @returns The lines.
+ */
+export function formatEstimate(
+  estimates: readonly RunEstimate[],
+  flopsPerSecond: number,
+  availableBytes: number | undefined,
+): string[] {
+  const largest = estimates.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
+  const seconds = (e: RunEstimate) => e.flops / flopsPerSecond;
+  const total = estimates.reduce((n, e) => n + seconds(e), 0);
+  const slowest = estimates.reduce((a, b) => (seconds(b) > seconds(a) ? b : a));
+  return [
+    `estimate (rough, a factor of 2–3 either way; ${(flopsPerSecond / 1e9).toFixed(1)} GFLOP/s ` +
+    `measured on this backend):`,
+    `  memory at the peak of the largest run: ${gigabytes(largest.peakBytes)}` +
+    (availableBytes === undefined
+      ? " (this backend's free memory is unknown)"
+      : ` of ${gigabytes(availableBytes)} available`) +
+    ` — ${largest.memory.map((p) => `${p.label} ${gigabytes(p.amount)}`).join(", ")}`,
+    `  time: ${formatDuration(total)} for ${estimates.length} run${
+      estimates.length === 1 ? "" : "s"
+    }; the longest ` +
+    `${formatDuration(seconds(slowest))} (${
+      slowest.work.map((p) => `${p.label} ${formatDuration(p.amount / flopsPerSecond)}`).join(", ")
+    })`,
+  ];
+}

@@ -1,0 +1,93 @@
+import assert from "node:assert/strict";
+import { GPT2_SMALL, parameterShapes, SHAKESPEARE_64X4 } from "../model/gpt.ts";
+import type { Architecture } from "../sae/architectures.ts";
+import type { Position } from "../sae/positions.ts";
+import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
+import { estimateRun, formatEstimate, saeParameterCount, saeWidths } from "./estimate.ts";
+import { type SaeRunConfig, SCALAR_DEFAULTS } from "./sae_run.ts";
+
+function run(
+  position: Position,
+  arch: Architecture,
+  extra: Partial<SaeRunConfig> = {},
+): SaeRunConfig {
+  return {
+    modelDir: "m",
+    corpus: "tinyshakespeare",
+    position,
+    sae: { arch, features: 512, k: 10, jsaeLambda: 0 },
+    train: { ...SAE_TRAIN_DEFAULTS },
+    evalSequences: 0,
+    scalar: { ...SCALAR_DEFAULTS },
+    ...extra,
+  };
+}
+
+Deno.test("saeParameterCount() gives the paper's toy parameter counts", () => {
+  const count = (p: Position, a: Architecture) => saeParameterCount(run(p, a), 64, 4);
+  assert.equal(count("block", "topk"), 330_560);
+  assert.equal(count("block", "staircase"), 335_680);
+  assert.equal(count("mlp-block", "topk"), 528_896);
+  assert.equal(count("mlp-block", "staircase"), 530_944);
+});
+
+Deno.test("saeWidths() grows Staircase chains and follows the chosen layers", () => {
+  const gpt2 = run("block", "staircase", {
+    sae: { arch: "staircase", features: 24_576, k: 32, jsaeLambda: 0 },
+  });
+  assert.equal([...saeWidths(gpt2, 12).values()].at(-1), 319_488);
+  const layers = saeWidths(run("mlp-block", "topk", { layers: [1, 6, 11] }), 12);
+  assert.deepEqual(
+    [...layers.keys()],
+    [1, 6, 11].flatMap((l) => [
+      `blocks.${l}.hook_resid_mid`,
+      `blocks.${l}.hook_resid_post`,
+    ]),
+  );
+});
+
+Deno.test("estimateRun() counts the toy run's memory and arithmetic from its parts", () => {
+  const corpus = { train: 1_003_776, val: 111_618 };
+  const e = estimateRun(run("mlp-block", "topk"), SHAKESPEARE_64X4, corpus);
+  const part = (label: RegExp) => e.memory.find((p) => label.test(p.label))!.amount;
+  assert.equal(part(/^model$/), 4 * 216_448);
+  assert.equal(part(/Adam/), 16 * 528_896);
+  // 8 hooks × 64 floats of the 1,003,776 training tokens fit the 4 GiB budget: cached.
+  assert.equal(part(/activation cache/), 1_003_776 * 8 * 64 * 4);
+  // Training: 7,500 steps × 16,384 tokens × 6 · 64 · (8 × 512) FLOPs.
+  assert.equal(e.work[0]!.amount, 7500 * 16_384 * 6 * 64 * 8 * 512);
+  assert.equal(e.peakBytes, e.memory.reduce((n, p) => n + p.amount, 0));
+});
+
+Deno.test("estimateRun() streams GPT-2 activations and micro-batches shrink the pass", () => {
+  const sae = { arch: "topk" as const, features: 24_576, k: 32, jsaeLambda: 0 };
+  const train = { ...SAE_TRAIN_DEFAULTS, batch: 32 };
+  const corpus = { train: 100_000_000, val: 1_000_000 };
+  const scalar = { ...SCALAR_DEFAULTS, enabled: false };
+  const whole = estimateRun(
+    run("mlp-block", "topk", { sae, train, scalar, layers: [1, 6, 11] }),
+    GPT2_SMALL,
+    corpus,
+  );
+  const micro = estimateRun(
+    run("mlp-block", "topk", {
+      sae,
+      train: { ...train, microBatch: 1 },
+      scalar,
+      layers: [1, 6, 11],
+    }),
+    GPT2_SMALL,
+    corpus,
+  );
+  const pass = (e: typeof whole) => e.memory.at(-1)!.amount;
+  assert.equal(pass(whole), 32 * pass(micro));
+  assert.ok(whole.memory.some((p) => /streamed/.test(p.label)));
+  const params = [...parameterShapes(GPT2_SMALL).values()].reduce(
+    (n, s) => n + s[0]! * (s[1] ?? 1),
+    0,
+  );
+  assert.equal(whole.memory[0]!.amount, 4 * params);
+  const lines = formatEstimate([micro], 1e12, 1e9);
+  assert.match(lines[1]!, /memory at the peak of the largest run: [\d.]+ GB of 1\.0 GB available/);
+  assert.match(lines[2]!, /^ {2}time: \d+h\d\dm for 1 run/);
+});
