@@ -117,17 +117,32 @@ export function rankEdges(
       `Cannot rank ${scores.length} edge scores as ${fUp} x ${fDown}: need ${eTot} scores`,
     );
   }
-  const positive: number[] = [], zero: number[] = [], negative: number[] = [];
+  if (eTot > 2 ** 31 - 1) {
+    throw new RangeError(
+      `Cannot rank ${eTot} edges (${fUp} x ${fDown}): more than an Int32Array indexes`,
+    );
+  }
+  // One typed array in three segments (positive, zero, negative): GPT-2 pairs have ~10⁹ edges,
+  // which JS arrays of numbers would hold at twice the memory and off the heap's limits.
+  let nPositive = 0, nZero = 0;
   for (let e = 0; e < eTot; e++) {
     const s = scores[e]!;
-    if (s > 0) positive.push(e);
-    else if (s === 0) zero.push(e); // -0 counts as zero too
-    else if (s < 0) negative.push(e);
-    else throw new RangeError(`Cannot rank edge scores: score ${e} is NaN`);
+    if (s > 0) nPositive++;
+    else if (s === 0) nZero++; // -0 counts as zero too
+    else if (!(s < 0)) throw new RangeError(`Cannot rank edge scores: score ${e} is NaN`);
+  }
+  const order = new Int32Array(eTot);
+  let p = 0, z = nPositive, n = nPositive + nZero;
+  for (let e = 0; e < eTot; e++) {
+    const s = scores[e]!;
+    if (s > 0) order[p++] = e;
+    else if (s === 0) order[z++] = e;
+    else order[n++] = e;
   }
   const byScore = (a: number, b: number) => scores[b]! - scores[a]! || a - b;
-  positive.sort(byScore);
-  negative.sort(byScore);
+  order.subarray(0, nPositive).sort(byScore);
+  order.subarray(nPositive + nZero).sort(byScore);
+  const zero = order.subarray(nPositive, nPositive + nZero);
   const rng = createRng(seed);
   for (let i = zero.length - 1; i > 0; i--) {
     const j = rng.int(i + 1);
@@ -135,9 +150,5 @@ export function rankEdges(
     zero[i] = zero[j]!;
     zero[j] = t;
   }
-  const order = new Int32Array(eTot);
-  order.set(positive, 0);
-  order.set(zero, positive.length);
-  order.set(negative, positive.length + zero.length);
   return order;
 }
