@@ -107,6 +107,29 @@ matrix:
         "gpt2,4,blocks.0.hook_resid_mid→blocks.0.hook_resid_post " +
         "blocks.2.hook_resid_mid→blocks.2.hook_resid_post",
     );
+    // The features of a GPT-2 SAE show BPE tokens decoded back to the corpus's words.
+    const id = (await cli(dir, "query", "select min(id) from runs", "--format", "csv")).stdout
+      .trim().split("\n")[1]!;
+    const features = await cli(
+      dir,
+      "features",
+      `results/runs/${id}/saes`,
+      "--sae",
+      "blocks.2.hook_resid_post",
+      "--top",
+      "3",
+      "--format",
+      "json",
+    );
+    assert.equal(features.code, 0, features.stderr);
+    const doc = JSON.parse(features.stdout);
+    const text = await Deno.readTextFile(`${dir}/text.txt`);
+    const tops = doc.features.flatMap((f: { top: { token: string; context: string }[] }) => f.top);
+    assert.ok(tops.length > 0);
+    for (const a of tops) {
+      assert.ok(text.includes(a.token), `token ${JSON.stringify(a.token)} is not in the text`);
+      assert.ok(a.context.includes(`⟦${a.token}⟧`), a.context);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
