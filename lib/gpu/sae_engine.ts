@@ -1,0 +1,445 @@
+/**
+ * The WebGPU engine for SAE training: the same step as `lib/sae/train.ts` computes through tfjs
+ * (TopK encode, decode, squared-error loss, backward, global-norm clipping, AdamW), as a few fused
+ * WGSL passes recorded into one command buffer per step:
+ *
+ * per micro-batch and SAE: encoder → TopK select → sparse decode (+ ∂L/∂x̂, loss partials) →
+ * kept-pair gradient → feature lists (count, scan, fill) → feature-gathered weight gradients;
+ * then per SAE the b_dec gradient, and for all SAEs at once the gradient norm, the logged figures
+ * and AdamW.
+ *
+ * Parameters, gradients and both moments live in one flat buffer each (`layout.ts`); every
+ * buffer is allocated once. A step uploads the batch with `queue.writeBuffer` (queued behind the
+ * previous step, so the upload streams in while it runs) and reads nothing back, except the
+ * figures on a reporting step. Architectures: `topk`, `staircase`, `staircase-detached` (JSAE
+ * adds its Jacobian term to the TopK step, see {@link JacobianTerm}).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { AdamWState } from "../optim/adamw.ts";
+import type { SaeConfig, SaeSet } from "../sae/architectures.ts";
+import {
+  bindBuffers,
+  dispatch,
+  type Gpu,
+  type Kernel,
+  readBuffer,
+  rowsUniform,
+  storageBuffer,
+  uniformBuffer,
+  writeArray,
+} from "./device.ts";
+import {
+  adamKernels,
+  type AdamSettings,
+  adamUniform,
+  type FigureSum,
+  SQUARES_PER_GROUP,
+} from "./kernels/adamw.ts";
+import { biasGradKernel } from "./kernels/bias_grad.ts";
+import { encoderKernel } from "./kernels/encoder.ts";
+import { featureGradsKernel } from "./kernels/feature_grads.ts";
+import { featureListKernels } from "./kernels/feature_lists.ts";
+import { DECODE_ROWS, sparseDecodeKernel } from "./kernels/sparse_decode.ts";
+import { sparseBackwardKernel } from "./kernels/sparse_backward.ts";
+import { topkSelectKernel } from "./kernels/topk_select.ts";
+import { layoutParams, type ParamLayout, type SaeView } from "./layout.ts";
+
+/** What the engine trains, and how. */
+export interface SaeEngineOptions {
+  /** The SAEs; their variables hold the starting parameters. */
+  saes: SaeSet;
+  /** Their settings. */
+  sae: SaeConfig;
+  /** Tokens per step. */
+  rows: number;
+  /** Tokens per forward/backward pass (gradients accumulate over a step's passes). @default rows */
+  microRows?: number;
+  /** AdamW's settings, and which parameters decay (undefined: all, as `AdamW` has it). */
+  adam: AdamSettings & { decays?: (name: string, shape: readonly number[]) => boolean };
+  /** Global gradient-norm limit. */
+  gradClip: number;
+}
+
+/** One SAE's kernels and scratch buffers. */
+interface HookState {
+  view: SaeView;
+  x: GPUBuffer;
+  idx: GPUBuffer;
+  val: GPUBuffer;
+  dpre: GPUBuffer;
+  dxhat: GPUBuffer;
+  mask: GPUBuffer;
+  /** Per micro-batch: the bind groups of the row kernels, in dispatch order. */
+  passes: { kernel: Kernel; group: GPUBindGroup; count: (rows: number) => number }[][];
+  bias: { kernel: Kernel; group: GPUBindGroup };
+}
+
+/** The architectures the engine trains. */
+export const ENGINE_ARCHITECTURES: readonly string[] = ["topk", "staircase", "staircase-detached"];
+
+/** The engine; create with {@link SaeEngine.create}. */
+export class SaeEngine {
+  readonly #gpu: Gpu;
+  readonly #o: SaeEngineOptions;
+  readonly #layout: ParamLayout;
+  readonly #micros: { offset: number; count: number; rows: GPUBuffer }[];
+  readonly #hooks: HookState[];
+  readonly #buffers: GPUBuffer[];
+  readonly #params: GPUBuffer;
+  readonly #m: GPUBuffer;
+  readonly #v: GPUBuffer;
+  readonly #grads: GPUBuffer;
+  readonly #figures: GPUBuffer;
+  readonly #figureCount: number;
+  readonly #readback: GPUBuffer;
+  readonly #adamStep: GPUBuffer;
+  readonly #optimizer: { kernel: Kernel; group: GPUBindGroup; count: number }[];
+  #step = 0;
+
+  private constructor(
+    gpu: Gpu,
+    o: SaeEngineOptions,
+    parts: {
+      layout: ParamLayout;
+      micros: { offset: number; count: number; rows: GPUBuffer }[];
+      hooks: HookState[];
+      buffers: GPUBuffer[];
+      flat: { params: GPUBuffer; m: GPUBuffer; v: GPUBuffer; grads: GPUBuffer };
+      figures: GPUBuffer;
+      figureCount: number;
+      adamStep: GPUBuffer;
+      optimizer: { kernel: Kernel; group: GPUBindGroup; count: number }[];
+    },
+  ) {
+    this.#gpu = gpu;
+    this.#o = o;
+    this.#layout = parts.layout;
+    this.#micros = parts.micros;
+    this.#hooks = parts.hooks;
+    this.#buffers = parts.buffers;
+    ({ params: this.#params, m: this.#m, v: this.#v, grads: this.#grads } = parts.flat);
+    this.#figures = parts.figures;
+    this.#figureCount = parts.figureCount;
+    this.#adamStep = parts.adamStep;
+    this.#optimizer = parts.optimizer;
+    this.#readback = gpu.device.createBuffer({
+      label: "figures readback",
+      size: parts.figures.size,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /**
+   * Builds the engine: lays out and uploads the SAEs' parameters (from their variables), zeroes
+   * the moments, allocates every buffer and compiles every kernel.
+   *
+   * @param gpu The device.
+   * @param o SAEs, batch sizes and optimizer settings.
+   * @returns The engine, at step 0 (see {@link SaeEngine.load} to resume).
+   * @throws {RangeError} For an architecture the engine does not train, or impossible sizes.
+   */
+  static async create(gpu: Gpu, o: SaeEngineOptions): Promise<SaeEngine> {
+    if (!ENGINE_ARCHITECTURES.includes(o.sae.arch)) {
+      throw new RangeError(`Cannot train "${o.sae.arch}" SAEs on the GPU engine`);
+    }
+    const device = gpu.device;
+    const micro = o.microRows ?? o.rows;
+    if (!(Number.isInteger(o.rows) && o.rows > 0 && Number.isInteger(micro) && micro > 0)) {
+      throw new RangeError(`Cannot train on ${o.rows} rows per step in passes of ${micro}`);
+    }
+    const layout = layoutParams(o.saes, o.sae, o.adam.decays);
+    const buffers: GPUBuffer[] = [];
+    const buffer = (label: string, contents: number | Float32Array | Uint32Array) => {
+      const b = storageBuffer(device, label, contents);
+      buffers.push(b);
+      return b;
+    };
+    const flatValues = new Float32Array(layout.length);
+    for (const s of layout.slots) {
+      flatValues.set((await o.saes.params.get(s.name)!.data()) as Float32Array, s.offset);
+    }
+    const flat = {
+      params: buffer("params", flatValues),
+      m: buffer("adam m", layout.length * 4),
+      v: buffer("adam v", layout.length * 4),
+      grads: buffer("grads", layout.length * 4),
+    };
+    const micros = [];
+    for (let offset = 0, index = 0; offset < o.rows; offset += micro, index++) {
+      const count = Math.min(micro, o.rows - offset);
+      const rows = uniformBuffer(device, `rows ${index}`, rowsUniform(offset, count, index));
+      micros.push({ offset, count, rows });
+    }
+    const blocksPerMicro = Math.ceil(micro / DECODE_ROWS);
+    const blocks = blocksPerMicro * micros.length;
+    const maxWidth = Math.max(...layout.saes.map((s) => s.width));
+    const pre = buffer("pre-activations", micro * maxWidth * 4);
+    const figurePartials = buffer("figure partials", layout.saes.length * 2 * blocks * 4);
+    const figures: FigureSum[] = [];
+    const hooks: HookState[] = [];
+    for (const [h, view] of layout.saes.entries()) {
+      const { d, k, width } = view;
+      const chunks = Math.ceil(micro / 64);
+      const state = {
+        view,
+        x: buffer(`x ${view.hook}`, o.rows * d * 4),
+        idx: buffer("indices", micro * k * 4),
+        val: buffer("values", micro * k * 4),
+        dpre: buffer("kept gradients", micro * k * 4),
+        dxhat: buffer("dxhat", micro * d * 4),
+        mask: buffer("mask", chunks * width * 2 * 4),
+      };
+      const offsets = buffer("chunk offsets", chunks * width * 4);
+      const totals = buffer("totals", width * 4);
+      const starts = buffer("starts", (width + 1) * 4);
+      const lists = buffer("lists", micro * k * 4);
+      const cols = buffer("column partials", blocks * d * 4);
+      const kernels = {
+        encoder: await encoderKernel(device, view),
+        select: await topkSelectKernel(device, width, k),
+        decode: await sparseDecodeKernel(device, view, {
+          scale: 2 / o.rows,
+          blocksPerMicro,
+          figures: h * 2 * blocks,
+        }),
+        backward: await sparseBackwardKernel(device, view),
+        lists: await featureListKernels(device, width, k),
+        grads: await featureGradsKernel(device, view),
+      };
+      const rowsOf = (n: number) => n, pairsOf = (n: number) => n * k, features = () => width;
+      const passes = micros.map(({ rows }) => {
+        const bind = (kernel: Kernel, list: GPUBuffer[], count: (rows: number) => number) => ({
+          kernel,
+          group: bindBuffers(device, kernel, list),
+          count,
+        });
+        const s = state;
+        return [
+          bind(kernels.encoder, [s.x, flat.params, pre, rows], rowsOf),
+          bind(kernels.select, [pre, s.idx, s.val, s.mask, rows], rowsOf),
+          bind(
+            kernels.decode,
+            [s.x, flat.params, s.idx, s.val, s.dxhat, figurePartials, cols, rows],
+            rowsOf,
+          ),
+          bind(kernels.backward, [flat.params, s.idx, s.val, s.dxhat, s.dpre, rows], pairsOf),
+          bind(kernels.lists.count, [s.mask, offsets, totals, rows], features),
+          bind(kernels.lists.scan, [totals, starts], () => 1),
+          bind(kernels.lists.fill, [s.idx, s.mask, offsets, starts, lists, rows], pairsOf),
+          bind(
+            kernels.grads,
+            [lists, starts, s.val, s.dpre, s.dxhat, s.x, flat.params, flat.grads, rows],
+            features,
+          ),
+        ];
+      });
+      const biasKernel = await biasGradKernel(device, view, blocks);
+      hooks.push({
+        ...state,
+        passes,
+        bias: {
+          kernel: biasKernel,
+          group: bindBuffers(device, biasKernel, [cols, flat.params, flat.grads]),
+        },
+      });
+      const base = h * 2 * blocks;
+      figures[h] = { offset: base, count: blocks, stride: 2, scale: 1 / o.rows };
+      figures[layout.saes.length + h] = {
+        offset: base + 1,
+        count: blocks,
+        stride: 2,
+        scale: 1 / o.rows,
+      };
+    }
+    const adam = await adamKernels(device, {
+      length: layout.length,
+      decayEnd: layout.decayEnd,
+      maxNorm: o.gradClip,
+      figures,
+    });
+    const normPartials = buffer("norm partials", Math.ceil(layout.length / SQUARES_PER_GROUP) * 4);
+    const figureValues = buffer("figures", (2 + figures.length) * 4);
+    const adamStep = uniformBuffer(device, "adam step", adamUniform(o.adam, 1, 0));
+    const optimizer = [
+      {
+        kernel: adam.sumSquares,
+        group: bindBuffers(device, adam.sumSquares, [flat.grads, normPartials]),
+        count: layout.length,
+      },
+      {
+        kernel: adam.figures,
+        group: bindBuffers(device, adam.figures, [normPartials, figurePartials, figureValues]),
+        count: 1,
+      },
+      {
+        kernel: adam.update,
+        group: bindBuffers(device, adam.update, [
+          flat.params,
+          flat.grads,
+          flat.m,
+          flat.v,
+          figureValues,
+          adamStep,
+        ]),
+        count: layout.length,
+      },
+    ];
+    buffers.push(adamStep, ...micros.map((m) => m.rows));
+    return new SaeEngine(gpu, o, {
+      layout,
+      micros,
+      hooks,
+      buffers,
+      flat,
+      figures: figureValues,
+      figureCount: figures.length,
+      adamStep,
+      optimizer,
+    });
+  }
+
+  /** Optimizer steps taken. */
+  get stepsDone(): number {
+    return this.#step;
+  }
+
+  /**
+   * One training step: uploads the batch (unless none is given: the previous batch is reused,
+   * as a benchmark does), records and submits every pass, and on a reporting step waits for the
+   * figures.
+   *
+   * @param batch Per hook, the step's activations `[rows, D]` row-major; undefined keeps the last.
+   * @param lr The step's learning rate.
+   * @param report Whether to read the figures back.
+   * @returns On a reporting step: each SAE's loss, then each SAE's L0 (mean positive features
+   *   per token); else undefined.
+   * @throws {RangeError} If a hook's batch is missing or has another size.
+   */
+  async step(
+    batch: ReadonlyMap<string, Float32Array> | undefined,
+    lr: number,
+    report: boolean,
+  ): Promise<Float32Array | undefined> {
+    const device = this.#gpu.device;
+    this.#step++;
+    writeArray(device, this.#adamStep, 0, adamUniform(this.#o.adam, this.#step, lr));
+    if (batch !== undefined) {
+      for (const h of this.#hooks) {
+        const data = batch.get(h.view.hook);
+        if (data === undefined || data.length !== this.#o.rows * h.view.d) {
+          throw new RangeError(
+            `Cannot train "${h.view.hook}": its batch has ${data?.length ?? "no"} values, ` +
+              `not ${this.#o.rows} × ${h.view.d}`,
+          );
+        }
+        writeArray(device, h.x, 0, data);
+      }
+    }
+    const encoder = device.createCommandEncoder();
+    encoder.clearBuffer(this.#grads);
+    for (const [m, micro] of this.#micros.entries()) {
+      for (const h of this.#hooks) encoder.clearBuffer(h.mask);
+      const pass = encoder.beginComputePass();
+      for (const h of this.#hooks) {
+        for (const p of h.passes[m]!) dispatch(pass, p.kernel, p.group, p.count(micro.count));
+      }
+      pass.end();
+    }
+    const pass = encoder.beginComputePass();
+    for (const h of this.#hooks) dispatch(pass, h.bias.kernel, h.bias.group, h.view.d);
+    for (const o of this.#optimizer) dispatch(pass, o.kernel, o.group, o.count);
+    pass.end();
+    if (report) encoder.copyBufferToBuffer(this.#figures, 0, this.#readback, 0, this.#figures.size);
+    device.queue.submit([encoder.finish()]);
+    if (!report) return undefined;
+    await this.#readback.mapAsync(GPUMapMode.READ);
+    const figures = new Float32Array(
+      this.#readback.getMappedRange().slice(8, 8 + 4 * this.#figureCount),
+    );
+    this.#readback.unmap();
+    return figures;
+  }
+
+  /**
+   * The current parameters, by name (waits for submitted steps).
+   *
+   * @returns Name → shape and values.
+   */
+  async params(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+    return this.#unflatten(this.#params, "");
+  }
+
+  /**
+   * Copies the current parameters into the SAE set's variables (for evaluation and checkpoints
+   * written by the reference code).
+   */
+  async writeBack(): Promise<void> {
+    for (const [name, p] of await this.params()) {
+      const v = this.#o.saes.params.get(name)!;
+      tf.tidy(() => v.assign(tf.tensor(p.data, p.shape)));
+    }
+  }
+
+  /**
+   * The optimizer state in `AdamW.state()`'s form (`m.<name>`, `v.<name>`), for checkpoints.
+   *
+   * @returns Step count and moments.
+   */
+  async state(): Promise<AdamWState> {
+    const tensors = new Map([
+      ...await this.#unflatten(this.#m, "m."),
+      ...await this.#unflatten(this.#v, "v."),
+    ]);
+    return { step: this.#step, tensors };
+  }
+
+  /**
+   * Restores an optimizer state saved by {@link SaeEngine.state} or `AdamW.state()`; the
+   * parameters come from the SAE set's variables, which must already hold the checkpoint's.
+   *
+   * @param state The saved state.
+   * @throws {RangeError} If a moment is missing or has another size.
+   */
+  async load(state: AdamWState): Promise<void> {
+    const device = this.#gpu.device;
+    for (const [prefix, buffer] of [["m.", this.#m], ["v.", this.#v]] as const) {
+      const flat = new Float32Array(this.#layout.length);
+      for (const s of this.#layout.slots) {
+        const saved = state.tensors.get(prefix + s.name);
+        if (saved === undefined || saved.data.length !== s.size) {
+          throw new RangeError(`Cannot restore optimizer: moment "${prefix}${s.name}" is missing`);
+        }
+        flat.set(saved.data, s.offset);
+      }
+      writeArray(device, buffer, 0, flat);
+    }
+    const flat = new Float32Array(this.#layout.length);
+    for (const s of this.#layout.slots) {
+      flat.set((await this.#o.saes.params.get(s.name)!.data()) as Float32Array, s.offset);
+    }
+    writeArray(device, this.#params, 0, flat);
+    this.#step = state.step;
+  }
+
+  /** Frees every buffer. */
+  dispose(): void {
+    for (const b of [...this.#buffers, this.#readback]) b.destroy();
+  }
+
+  async #unflatten(
+    buffer: GPUBuffer,
+    prefix: string,
+  ): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+    const flat = new Float32Array(
+      await readBuffer(this.#gpu.device, buffer, this.#layout.length * 4),
+    );
+    return new Map(
+      this.#layout.slots.map((s) => [
+        prefix + s.name,
+        { shape: s.shape, data: flat.slice(s.offset, s.offset + s.size) },
+      ]),
+    );
+  }
+}
