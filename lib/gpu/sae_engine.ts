@@ -367,7 +367,7 @@ export class SaeEngine {
    *
    * @returns Name → shape and values.
    */
-  async params(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+  params(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
     return this.#unflatten(this.#params, "");
   }
 

@@ -49,7 +49,7 @@ function referenceStep(
   });
 }
 
-async function compare(c: Case) {
+function prepare(c: Case) {
   const config = { ...c.sae };
   const layout = layoutPosition(c.position, c.nLayer);
   const [ours, theirs] = [buildSaes(config, layout, c.d, 5), buildSaes(config, layout, c.d, 5)];
@@ -136,7 +136,7 @@ for (const c of cases) {
   gpuTest(
     `engine step equals the reference step: parameters, moments, figures (${c.name})`,
     async (g) => {
-      const { ours, theirs, settings, batches, layout } = await compare(c);
+      const { ours, theirs, settings, batches, layout } = prepare(c);
       const engine = await SaeEngine.create(g, {
         saes: ours,
         sae: c.sae,
