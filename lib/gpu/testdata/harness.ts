@@ -8,10 +8,21 @@
  */
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import type { SaeSet } from "../../sae/architectures.ts";
+import { buildSaes, type SaeConfig, type SaeSet } from "../../sae/architectures.ts";
+import { layoutPosition } from "../../sae/positions.ts";
+import { decode, preActivations, reconstructionLoss } from "../../sae/sae.ts";
+import { topkRelu } from "../../sae/topk_relu.ts";
 import { createRng, normalArray } from "../../util/rng.ts";
-import { type Gpu, readBuffer, requestGpu, storageBuffer } from "../device.ts";
-import type { ParamLayout } from "../layout.ts";
+import {
+  bindBuffers,
+  dispatch,
+  type Gpu,
+  type Kernel,
+  readBuffer,
+  requestGpu,
+  storageBuffer,
+} from "../device.ts";
+import { layoutParams, type ParamLayout } from "../layout.ts";
 
 // Mesa's Vulkan drivers complain on stderr when this is unset; set before the first adapter.
 if (Deno.env.get("XDG_RUNTIME_DIR") === undefined) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
@@ -155,4 +166,111 @@ export async function flatParams(saes: SaeSet, layout: ParamLayout): Promise<Flo
  */
 export function randomRows(rows: number, d: number, seed: number): Float32Array {
   return normalArray(createRng(seed), rows * d, 1);
+}
+
+/** The reference's intermediate values of one TopK SAE on one batch (see {@link referenceSae}). */
+export interface SaeReference {
+  /** Kept pairs per row, ascending feature order: indices `[rows, k]`. */
+  idx: Uint32Array;
+  /** Their values. */
+  val: Float32Array;
+  /** ∂L/∂x̂ `[rows, D]` for the loss Σ_d (x̂ − x)² averaged over the rows. */
+  dxhat: Float32Array;
+  /** ∂L/∂pre at the kept pairs `[rows, k]`. */
+  dpre: Float32Array;
+  /** The loss. */
+  loss: number;
+  /** Mean count of positive kept values per row. */
+  l0: number;
+  /** Gradients of the SAE's own parameters by name (`W_enc`, `b_enc`, `W_dec`, `b_dec`). */
+  grads: Map<string, Float32Array>;
+}
+
+/**
+ * Computes a TopK SAE's forward and backward pass with the reference's tfjs code.
+ *
+ * @param saes A `topk` SAE set.
+ * @param hook The SAE.
+ * @param x Its batch `[rows, D]`.
+ * @param rows Rows.
+ * @returns Kept pairs, gradients and loss.
+ */
+export async function referenceSae(
+  saes: SaeSet,
+  hook: string,
+  x: Float32Array,
+  rows: number,
+): Promise<SaeReference> {
+  const w = saes.weights(hook);
+  const [d, k] = [w.bDec.shape[0], saes.k];
+  const xs = tf.tensor2d(x, [rows, d]);
+  const pre = preActivations(w, xs);
+  const lossOf = (p: tf.Tensor) => reconstructionLoss(xs, decode(w, topkRelu(p as tf.Tensor2D, k)));
+  const f = topkRelu(pre, k);
+  const { indices } = tf.topk(tf.relu(pre), k);
+  const ids = await indices.data(), fv = await f.data();
+  const dpreDense = await tf.grad(lossOf)(pre).data();
+  const xhat = decode(w, f);
+  const dxhat = await values(xhat.sub(xs).mul(2 / rows));
+  const idx = new Uint32Array(rows * k), val = new Float32Array(rows * k);
+  const dpre = new Float32Array(rows * k);
+  const width = pre.shape[1];
+  for (let r = 0; r < rows; r++) {
+    const sorted = [...ids.subarray(r * k, (r + 1) * k)].sort((a, b) => a - b);
+    sorted.forEach((j, s) => {
+      idx[r * k + s] = j;
+      val[r * k + s] = fv[r * width + j]!;
+      dpre[r * k + s] = dpreDense[r * width + j]!;
+    });
+  }
+  const names = ["W_enc", "b_enc", "W_dec", "b_dec"];
+  const vars = names.map((n) => saes.params.get(`${hook}/${n}`)!);
+  const { value, grads } = tf.variableGrads(() => lossOf(preActivations(w, xs)), vars);
+  const l0 = val.reduce((n, v) => n + (v > 0 ? 1 : 0), 0) / rows;
+  const result = {
+    idx,
+    val,
+    dxhat,
+    dpre,
+    loss: (await value.data())[0]!,
+    l0,
+    grads: new Map(
+      await Promise.all(
+        names.map(async (n, i) => [n, await values(grads[vars[i]!.name]!)] as const),
+      ),
+    ),
+  };
+  tf.dispose([xs, pre, f, indices, xhat, value]);
+  return result;
+}
+
+/**
+ * Runs one kernel dispatch and waits for it.
+ *
+ * @param g The device.
+ * @param kernel The kernel.
+ * @param buffers Its bindings in order.
+ * @param count Units of its work.
+ */
+export async function runKernel(
+  g: Gpu,
+  kernel: Kernel,
+  buffers: GPUBuffer[],
+  count: number,
+): Promise<void> {
+  const encoder = g.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  dispatch(pass, kernel, bindBuffers(g.device, kernel, buffers), count);
+  pass.end();
+  g.device.queue.submit([encoder.finish()]);
+  await g.device.queue.onSubmittedWorkDone();
+}
+
+/** A random TopK SAE set on one `mlp` pair, laid out, with its first SAE's view. */
+export async function topkFixture(d: number, features: number, k: number, seed: number) {
+  const config: SaeConfig = { arch: "topk", features, k, jsaeLambda: 0 };
+  const saes = buildSaes(config, layoutPosition("mlp", 1), d, seed);
+  randomizeParams(saes, seed + 1);
+  const layout = layoutParams(saes, config);
+  return { saes, layout, view: layout.saes[0]!, flat: await flatParams(saes, layout) };
 }
