@@ -2,11 +2,13 @@
  * Trains all SAEs of a run together on cached clean activations of the frozen model (SPEC §4): one
  * batch of tokens per step, every SAE reconstructs its own hook, the losses (plus λ·L_J per JSAE
  * pair) are summed for one backward pass, then global-norm clipping and AdamW over all parameters.
- * Seeded, resumable, with progress and divergence detection.
+ * Seeded, resumable, with progress and divergence detection. On the `webgpu` backend the step runs
+ * in the GPU engine instead (`lib/gpu/sae_engine.ts`: the same numbers from fused WGSL kernels).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { chooseSaeEngine } from "../gpu/sae_training.ts";
 import { saveCheckpoint } from "../model/checkpoint.ts";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
 import { runState } from "../optim/resume.ts";
@@ -155,6 +157,18 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   if (o.data.tokens < rows) {
     throw new RangeError(`Cannot train SAEs on ${o.data.tokens} tokens: one batch needs ${rows}`);
   }
+  // On the webgpu backend the engine runs the whole step in fused kernels; JSAE's Jacobian term
+  // is not in it yet, so JSAE stays on the reference path.
+  const { engine, line } = o.jacobian === undefined
+    ? await chooseSaeEngine({
+      saes,
+      sae: o.sae,
+      train: cfg,
+      seqLen: o.seqLen,
+      resume: run.kind === "resume" ? await optimizer.state() : undefined,
+    })
+    : {};
+  if (line !== undefined) log(line);
   // Consecutive batches through the training tokens, back to the start when the next would
   // overrun (as the reference's loader does).
   const nextStart = (at: number) => (at + 2 * rows > o.data.tokens ? 0 : at + rows);
@@ -184,6 +198,10 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
       cursor = nextStart(cursor);
       // Read the next batch while this one trains.
       pending = o.data.batch(hooks, cursor, rows);
+      if (engine !== undefined) {
+        const figures = await engine.step(arrays, warmupCosine(cfg, step), willReport);
+        return tf.tensor1d(figures ?? new Float32Array(0));
+      }
       const micro = (cfg.microBatch ?? cfg.batch) * o.seqLen;
       let grads: tf.Tensor[] | undefined, figures: tf.Tensor | undefined;
       for (let first = 0; first < rows; first += micro) {
@@ -253,6 +271,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
         `L0 ${l0} | lr ${warmupCosine(cfg, step - 1).toExponential(2)}`;
     },
     async save(step, finished) {
+      await engine?.writeBack();
       const params = Object.fromEntries(
         await Promise.all(
           [...saes.params].map(async (
@@ -260,7 +279,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
           ) => [n, { shape: v.shape, data: (await v.data()) as Float32Array }]),
         ),
       );
-      const moments = await optimizer.state();
+      const moments = await (engine ?? optimizer).state();
       await saveCheckpoint(outDir, {
         config: {
           format: "scalar-lab/saes",
@@ -281,6 +300,8 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
     signal: o.signal,
     log,
   });
+  await engine?.writeBack();
+  engine?.dispose();
   optimizer.dispose();
   return { ...result, losses };
 }

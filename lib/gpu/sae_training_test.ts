@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import { loadCheckpoint } from "../model/checkpoint.ts";
+import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
+import { layoutPosition } from "../sae/positions.ts";
+import {
+  type ActivationSource,
+  SAE_TRAIN_DEFAULTS,
+  trainSaes,
+  type TrainSaesOptions,
+} from "../sae/train.ts";
+import { createRng } from "../util/rng.ts";
+import { assertClose, gpuTest } from "./testdata/harness.ts";
+
+const D = 8, SEQ = 4;
+const layout = layoutPosition("mlp-block", 1);
+const sae: SaeConfig = { arch: "staircase", features: 16, k: 3, jsaeLambda: 0 };
+
+/** Activations made of 2 of 12 random directions per token, so the SAEs have something to learn. */
+function source(tokens: number): ActivationSource {
+  const rng = createRng(4);
+  const dirs = Array.from({ length: 12 }, () => Array.from({ length: D }, () => rng.normal()));
+  const data = new Map(layout.hooks.map((h) => {
+    const a = new Float32Array(tokens * D);
+    for (let t = 0; t < tokens; t++) {
+      for (let n = 0; n < 2; n++) {
+        const dir = dirs[rng.int(12)]!, scale = 1 + rng.uniform();
+        for (let i = 0; i < D; i++) a[t * D + i]! += scale * dir[i]!;
+      }
+    }
+    return [h, a];
+  }));
+  return {
+    tokens,
+    batch: (hooks, start, count) =>
+      Promise.resolve(
+        new Map(hooks.map((h) => [h, data.get(h)!.slice(start * D, (start + count) * D)])),
+      ),
+  };
+}
+
+function options(outDir: string, extra: Partial<TrainSaesOptions> = {}): TrainSaesOptions {
+  return {
+    saes: buildSaes(sae, layout, D, 0),
+    sae,
+    train: { ...SAE_TRAIN_DEFAULTS, steps: 12, batch: 16, warmup: 3, lr: 1e-2, logEvery: 1 },
+    seqLen: SEQ,
+    d: D,
+    data: source(400),
+    outDir,
+    provenance: {},
+    log: () => {},
+    ...extra,
+  };
+}
+
+gpuTest(
+  "trainSaes() on the webgpu backend trains through the engine: same run as on cpu, and resumes bit-exactly",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const run = async (name: string, extra: Partial<TrainSaesOptions> = {}) => {
+      const lines: string[] = [];
+      const o = options(`${dir}/${name}`, { log: (l) => lines.push(l), ...extra });
+      const result = await trainSaes(o);
+      o.saes.dispose();
+      return { result, lines };
+    };
+    const reference = await run("cpu");
+    await import("@tensorflow/tfjs-backend-webgpu");
+    assert.ok(await tf.setBackend("webgpu"), "tfjs webgpu starts");
+    try {
+      const gpu = await run("gpu");
+      assert.ok(gpu.lines.some((l) => l.startsWith("SAE steps: WebGPU engine on ")), gpu.lines[0]);
+      const abort = new AbortController();
+      const first = await run("resumed", {
+        signal: abort.signal,
+        onReport: (step) => step === 5 && abort.abort(),
+      });
+      assert.equal(first.result.step, 6);
+      assert.equal((await run("resumed")).result.step, 12);
+      const [cpu, straight, resumed] = await Promise.all(
+        ["cpu", "gpu", "resumed"].map((n) => loadCheckpoint(`${dir}/${n}`)),
+      );
+      for (const [name, p] of Object.entries(cpu!.params)) {
+        assertClose(straight!.params[name]!.data, p.data, `${name} after 12 steps`);
+        assert.deepEqual(
+          resumed!.params[name]!.data,
+          straight!.params[name]!.data,
+          `${name} resumed`,
+        );
+      }
+      assertClose(
+        Object.values(gpu.result.losses),
+        Object.values(reference.result.losses),
+        "final losses",
+      );
+    } finally {
+      await tf.setBackend("cpu");
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
