@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { loadDataset, TOKENIZERS } from "../data/dataset.ts";
-import type { GPTConfig } from "../model/gpt.ts";
+import { type Dataset, loadDataset, TOKENIZERS } from "../data/dataset.ts";
+import type { GPT, GPTConfig } from "../model/gpt.ts";
 import { loadModel } from "../model/load.ts";
 import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
 import {
@@ -18,7 +18,7 @@ import { streamActivations } from "../sae/activation_stream.ts";
 import { jacobianLoss } from "../sae/jacobian.ts";
 import { evaluateSaes, type SaeEvaluation } from "../sae/metrics.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
-import { type SaeTrainConfig, trainSaes } from "../sae/train.ts";
+import { type ActivationSource, type SaeTrainConfig, trainSaes } from "../sae/train.ts";
 import { ablationCurve } from "../scalar/ablation.ts";
 import { attributePair } from "../scalar/attribution.ts";
 import { edgeCounts, rankEdges } from "../scalar/ranking.ts";
@@ -198,33 +198,11 @@ export async function runSaeExperiment(
     try {
       await Deno.mkdir(runDir, { recursive: true });
       const fingerprint = modelFingerprint(await model.parameterValues());
-      const cacheBytes = Math.floor(split.train.length / nCtx) * nCtx * positions.hooks.length * d *
-        4;
-      // A cache is filled once and shared by every run of the model; beyond the memory budget it
-      // would be read from disk at every step anyway, so the model recomputes the batch instead.
-      const data = cacheBytes <= DEFAULT_MEMORY_BUDGET_BYTES
-        ? await ensureActivationCache({
-          model,
-          tokens: split.train,
-          seqLen: nCtx,
-          hooks: positions.hooks,
-          root: o.cacheRoot,
-          key: { modelSha256: fingerprint, corpusSha256: split.sha256, split: "train" },
-          log,
-        })
-        : streamActivations({
-          model,
-          tokens: split.train,
-          seqLen: nCtx,
-          batchSequences: passSequences,
-        });
-      if (!(cacheBytes <= DEFAULT_MEMORY_BUDGET_BYTES)) {
-        log(
-          `activations: computed per batch (a cache would take ${
-            (cacheBytes / 1e9).toFixed(1)
-          } GB)`,
-        );
-      }
+      const data = await trainingActivations(model, split, positions.hooks, {
+        cacheRoot: o.cacheRoot,
+        fingerprint,
+        log,
+      });
       const mlp = (layer: number) => ({
         wFc: model.params.get(`h.${layer}.mlp.c_fc.weight`)! as tf.Tensor2D,
         bFc: model.params.get(`h.${layer}.mlp.c_fc.bias`)! as tf.Tensor1D,
@@ -352,6 +330,67 @@ export async function runSaeExperiment(
     } finally {
       saes.dispose();
     }
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * The activations a run's SAEs train on: the model's shared activation cache of the training
+ * split (filled first when missing), or, where a cache would exceed the memory budget and so be
+ * read from disk at every step anyway, the model recomputing each batch.
+ */
+async function trainingActivations(
+  model: GPT,
+  split: Dataset,
+  hooks: readonly string[],
+  o: { cacheRoot: string; fingerprint: string; log: (line: string) => void },
+): Promise<ActivationSource> {
+  const { nCtx, dModel } = model.config;
+  const cacheBytes = Math.floor(split.train.length / nCtx) * nCtx * hooks.length * dModel * 4;
+  if (cacheBytes <= DEFAULT_MEMORY_BUDGET_BYTES) {
+    return await ensureActivationCache({
+      model,
+      tokens: split.train,
+      seqLen: nCtx,
+      hooks,
+      root: o.cacheRoot,
+      key: { modelSha256: o.fingerprint, corpusSha256: split.sha256, split: "train" },
+      log: o.log,
+    });
+  }
+  o.log(`activations: computed per batch (a cache would take ${(cacheBytes / 1e9).toFixed(1)} GB)`);
+  return streamActivations({
+    model,
+    tokens: split.train,
+    seqLen: nCtx,
+    batchSequences: sequencesPerPass(model.config),
+  });
+}
+
+/**
+ * The work runs share, done ahead of them (a Slurm grid's first job): tokenizes the run's data
+ * (cached for BPE) and fills the activation cache its SAEs will train on, without training.
+ * Runs that share a model, data and hooks share this work; doing it again reuses what is there.
+ *
+ * @param config The run's configuration.
+ * @param o Where the shared caches live, and progress lines.
+ * @throws {CheckpointError | CorpusError | ActivationCacheError} As loading and filling do.
+ */
+export async function prepareSaeRun(
+  config: SaeRunConfig,
+  o: { cacheRoot: string; log: (line: string) => void },
+): Promise<void> {
+  const { model, tokenizer } = await loadModel(config.modelKind ?? "toy", config.modelDir);
+  try {
+    const split = await loadDataset(
+      { corpus: config.corpus, path: config.dataPath, textField: config.textField },
+      TOKENIZERS[tokenizer],
+      o.log,
+    );
+    const positions = layoutPosition(config.position, model.config.nLayer, config.layers);
+    const fingerprint = modelFingerprint(await model.parameterValues());
+    await trainingActivations(model, split, positions.hooks, { ...o, fingerprint });
   } finally {
     model.dispose();
   }
