@@ -6,9 +6,12 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import type { Gpu } from "../gpu/device.ts";
+import { SaeEngine } from "../gpu/sae_engine.ts";
 import { GPT, SHAKESPEARE_64X4 } from "../model/gpt.ts";
 import { createLmOptimizer, LM_TRAIN_DEFAULTS, lmStep } from "../model/train.ts";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
+import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
 import { decode, encode, initSaeValues, reconstructionLoss } from "../sae/sae.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 
@@ -75,6 +78,54 @@ export function saeTopkStep(seed = 0): BenchCase {
     dispose() {
       for (const t of [...vars, x]) t.dispose();
       optimizer.dispose();
+    },
+  };
+}
+
+/**
+ * The same TopK SAE step through the WebGPU engine (`lib/gpu/sae_engine.ts`): fused WGSL kernels,
+ * the batch resident on the device after the first step (as the stock case's tensor is), and the
+ * loss read back every step (as the stock case awaits its loss), so a step's time includes
+ * waiting for the GPU.
+ *
+ * @param gpu The device.
+ * @param seed Seed of the data and initial weights.
+ * @returns The prepared case, which can also time one step kernel by kernel (`profile`).
+ */
+export async function saeEngineStep(
+  gpu: Gpu,
+  seed = 0,
+): Promise<BenchCase & { profile(): Promise<{ kernel: string; ms: number }[] | undefined> }> {
+  const { tokens, d, features, k } = SAE_CASE;
+  const sae: SaeConfig = { arch: "topk", features, k, jsaeLambda: 0 };
+  const saes = buildSaes(
+    sae,
+    { position: "mlp", hooks: ["x"], pairs: [], chains: [["x"]] },
+    d,
+    seed,
+  );
+  const engine = await SaeEngine.create(gpu, {
+    saes,
+    sae,
+    rows: tokens,
+    adam: { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0 },
+    gradClip: 1,
+  });
+  let batch: Map<string, Float32Array> | undefined = new Map([
+    ["x", normalArray(createRng(seed + 1), tokens * d, 1)],
+  ]);
+  return {
+    name: "sae_topk_step",
+    detail: `x[${tokens},${d}] → ${features} features, TopK k=${k}, AdamW; WebGPU engine ` +
+      `(${gpu.adapter})`,
+    async step() {
+      await engine.step(batch, 1e-3, true);
+      batch = undefined;
+    },
+    profile: () => engine.profile(1e-3),
+    dispose() {
+      engine.dispose();
+      saes.dispose();
     },
   };
 }

@@ -3,13 +3,17 @@
  * in one run on the same machine, and prints ratios (never absolute targets: machines differ).
  *
  * Each configuration runs in its own child process, because tfjs kernels are process-global and a
- * configuration's memory should not linger into the next.
+ * configuration's memory should not linger into the next. `--gpu` runs the GPU bench instead
+ * (`lib/bench/gpu_bench.ts`).
  *
  * @module
  */
 import { describeBackend, selectBackend, useStockBackend } from "../backend/select.ts";
 import { attributionBatched, attributionReference } from "../bench/attribution_case.ts";
 import { type BenchCase, gptTrainStep, saeTopkStep, timeCase } from "../bench/cases.ts";
+import { GPU_CONFIGS, gpuBench, type GpuConfig, runGpuConfig } from "../bench/gpu_bench.ts";
+import { torchPeer } from "../bench/peer.ts";
+import { benchRow, formatRows } from "../bench/rows.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 
 /** One timed row. */
@@ -20,20 +24,6 @@ interface Timing {
   detail: string;
   /** A baseline timed in the same process instead of the PyTorch peer (e.g. a slow reference). */
   baselineMs?: number;
-}
-
-/** One output row: ours against the peer. */
-export interface BenchRow {
-  /** Case name (and the configuration, for stock baselines). */
-  name: string;
-  /** Our median step time. */
-  ours_ms: number;
-  /** The PyTorch peer's median step time on the same shapes, or null when it could not run. */
-  peer_ms: number | null;
-  /** peer_ms / ours_ms: above 1 means we are faster. */
-  ratio: number | null;
-  /** What ran. */
-  backend: string;
 }
 
 const CONFIGS = {
@@ -102,44 +92,19 @@ async function childTimings(config: Config, reps: number): Promise<Timing[]> {
   return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
 }
 
-/** Finds a Python with PyTorch: `python3` on PATH, then Debian's. */
-async function peerPython(): Promise<string | undefined> {
-  for (const python of ["python3", "/usr/bin/python3"]) {
-    try {
-      const probe = await new Deno.Command(python, { args: ["-c", "import torch"], stderr: "null" })
-        .output();
-      if (probe.success) return python;
-    } catch {
-      // Not installed under this name.
-    }
-  }
-  return undefined;
-}
+const PEER_SCRIPT = new URL("../../tests/bench/peer_torch.py", import.meta.url).pathname;
 
 async function peerTimings(reps: number): Promise<Map<string, number>> {
-  const python = await peerPython();
-  const script = new URL("../../tests/bench/peer_torch.py", import.meta.url).pathname;
-  if (python === undefined) {
-    console.error("peer skipped: no python3 with PyTorch (Debian: apt-get install python3-torch)");
-    return new Map();
-  }
-  const out = await new Deno.Command(python, {
-    args: [script, "--json", "--reps", String(reps)],
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) {
-    console.error(`peer skipped: ${script} exited with ${out.code}`);
-    return new Map();
-  }
-  const rows = new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
-  return new Map(rows.map((r: { name: string; peer_ms: number }) => [r.name, r.peer_ms]));
+  const peer = await torchPeer(PEER_SCRIPT, ["--reps", String(reps)]);
+  if (typeof peer !== "string") return peer;
+  console.error(`peer skipped: ${peer}`);
+  return new Map();
 }
 
 /** The `bench` command. */
 export const benchCommand: Command = {
   summary: "time SAE and GPT training steps against PyTorch and stock tfjs (ratios)",
-  help: `Usage: deno task bench [--json] [--reps N]
+  help: `Usage: deno task bench [--json] [--reps N] [--gpu [--run-steps N]]
 
 Times, in one run on this machine: (a) a TopK SAE training step (16,384 tokens × d 64 → 512
 features, k 10, AdamW), (b) a toy-GPT training step (32 × 128 tokens), (c) stock tfjs cpu and
@@ -148,19 +113,56 @@ wasm on (a), the PyTorch peer (tests/bench/peer_torch.py, when python3 has torch
 4 steps) batched against the reference's per-target loop (both sampled and scaled to the whole
 pair). Prints median step times and ratio = baseline_ms / ours_ms (above 1: we are faster).
 
+With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/gpu/) and through
+stock tfjs webgpu, (b) on stock tfjs webgpu, both against PyTorch CUDA (peer_torch.py --device
+cuda, when python3 has CUDA torch), and the wall time of a toy SAE training run (7,500 steps of
+128 × 128 tokens) at each position through the engine. A software adapter (llvmpipe) runs it all
+for correctness and says so.
+
 Options:
-  --json     one JSON object per row: name, ours_ms, peer_ms, ratio, backend
-  --reps N   timed steps per case after warm-up (default 5)
-  -h, --help show this help`,
+  --json          one JSON object per row: name, ours_ms, peer_ms, ratio, backend
+  --reps N        timed steps per case after warm-up (default 5)
+  --gpu           the GPU bench
+  --run-steps N   (--gpu) steps per training run, scaled to 7,500 (default 7,500; 1 on a
+                  software adapter)
+  -h, --help      show this help`,
   async run(args) {
     const { values } = parseCommandArgs(args, {
       json: { type: "boolean" },
       reps: { type: "string" },
       only: { type: "string" },
+      gpu: { type: "boolean" },
+      "run-steps": { type: "string" },
     });
     const reps = Number(values.reps ?? 5);
     if (!Number.isInteger(reps) || reps < 1) {
       throw new UsageError(`--reps must be ≥ 1, got "${values.reps}"`);
+    }
+    const runSteps = values["run-steps"] === undefined ? undefined : Number(values["run-steps"]);
+    if (runSteps !== undefined && !(Number.isInteger(runSteps) && runSteps >= 1)) {
+      throw new UsageError(`--run-steps must be ≥ 1, got "${values["run-steps"]}"`);
+    }
+    if (values.gpu) {
+      if (values.only === undefined) {
+        return await gpuBench({
+          reps,
+          runSteps,
+          json: values.json === true,
+          childArgs: [
+            "run",
+            "-A",
+            new URL("../../main.ts", import.meta.url).pathname,
+            "bench",
+            "--gpu",
+          ],
+          peerScript: PEER_SCRIPT,
+        });
+      }
+      if (!(GPU_CONFIGS as readonly string[]).includes(values.only)) {
+        throw new UsageError(`unknown GPU configuration "${values.only}"`);
+      }
+      await runGpuConfig(values.only as GpuConfig, reps, runSteps ?? 1);
+      return 0;
     }
     if (values.only !== undefined) {
       if (!(values.only in CONFIGS)) throw new UsageError(`unknown configuration "${values.only}"`);
@@ -174,31 +176,19 @@ Options:
     }
     console.error("timing the PyTorch peer…");
     const peer = await peerTimings(reps);
-    const rows: BenchRow[] = timings.map((t) => {
-      const peerMs = t.baselineMs ?? peer.get(t.name) ?? null;
-      return {
-        name: t.name + CONFIGS[t.config as Config].label,
-        ours_ms: round(t.ms),
-        peer_ms: peerMs === null ? null : round(peerMs),
-        ratio: peerMs === null ? null : round(peerMs / t.ms, 3),
-        backend: t.detail,
-      };
-    });
+    const rows = timings.map((t) =>
+      benchRow(
+        t.name + CONFIGS[t.config as Config].label,
+        t.ms,
+        t.baselineMs ?? peer.get(t.name),
+        t.detail,
+      )
+    );
     if (values.json) {
       for (const r of rows) console.log(JSON.stringify(r));
       return 0;
     }
-    const width = Math.max(...rows.map((r) => r.name.length));
-    console.log(
-      `${"case".padEnd(width)}  ${"ours ms".padStart(9)}  ${"peer ms".padStart(9)}  ratio`,
-    );
-    for (const r of rows) {
-      console.log(
-        `${r.name.padEnd(width)}  ${r.ours_ms.toFixed(1).padStart(9)}  ${
-          (r.peer_ms?.toFixed(1) ?? "–").padStart(9)
-        }  ${r.ratio?.toFixed(2) ?? "–"}`,
-      );
-    }
+    for (const line of formatRows(rows)) console.log(line);
     const ours = timings.find((t) => t.config === "ours" && t.name === "sae_topk_step")!;
     const stock = timings.filter((t) => t.config.startsWith("stock-"));
     console.log(
@@ -211,8 +201,3 @@ Options:
     return 0;
   },
 };
-
-function round(x: number, digits = 1): number {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}

@@ -45,19 +45,44 @@ async function acquire(): Promise<Gpu | string> {
   const fallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
   const limits = adapter.limits;
   try {
+    // Timestamps let the engine say where a step's time goes (`SaeEngine.profile`).
+    const timing: GPUFeatureName[] = adapter.features.has("timestamp-query")
+      ? ["timestamp-query"]
+      : [];
     const device = await adapter.requestDevice({
+      requiredFeatures: timing,
       requiredLimits: {
         maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
         maxBufferSize: limits.maxBufferSize,
       },
     });
     device.addEventListener("uncapturederror", (e) => {
-      console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+      const message = (e as GPUUncapturedErrorEvent).error.message;
+      if (!failures.has(device)) failures.set(device, message);
     });
     return { device, adapter: name, software: fallback || SOFTWARE_ADAPTER.test(name) };
   } catch (e) {
     return `the adapter (${name}) gave no device: ${e instanceof Error ? e.message : e}`;
   }
+}
+
+// The first error WebGPU raised on a device outside an error scope: a failed command leaves its
+// outputs untouched rather than throwing, so work is checked with `throwGpuError`.
+const failures = new WeakMap<GPUDevice, string>();
+
+/**
+ * Throws the first WebGPU error raised on the device since the last call, if any (validation
+ * and out-of-memory errors do not throw where they happen; results would silently be wrong).
+ *
+ * @param device The device.
+ * @param doing What the work was, for the message.
+ * @throws {Error} With WebGPU's message.
+ */
+export function throwGpuError(device: GPUDevice, doing: string): void {
+  const message = failures.get(device);
+  if (message === undefined) return;
+  failures.delete(device);
+  throw new Error(`Cannot ${doing}: WebGPU reported "${message}"`);
 }
 
 /** Usage of every buffer a kernel reads or writes: storage, and copies both ways. */

@@ -27,6 +27,7 @@ import {
   readBuffer,
   rowsUniform,
   storageBuffer,
+  throwGpuError,
   uniformBuffer,
   writeArray,
 } from "./device.ts";
@@ -145,11 +146,16 @@ export class SaeEngine {
       throw new RangeError(`Cannot train "${o.sae.arch}" SAEs on the GPU engine`);
     }
     const device = gpu.device;
-    const micro = o.microRows ?? o.rows;
-    if (!(Number.isInteger(o.rows) && o.rows > 0 && Number.isInteger(micro) && micro > 0)) {
-      throw new RangeError(`Cannot train on ${o.rows} rows per step in passes of ${micro}`);
+    const asked = o.microRows ?? o.rows;
+    if (!(Number.isInteger(o.rows) && o.rows > 0 && Number.isInteger(asked) && asked > 0)) {
+      throw new RangeError(`Cannot train on ${o.rows} rows per step in passes of ${asked}`);
     }
     const layout = layoutParams(o.saes, o.sae, o.adam.decays);
+    // A pass's pre-activations must fit one storage binding; passes are sums over their rows, so
+    // smaller ones give the same step.
+    const maxWidth = Math.max(...layout.saes.map((s) => s.width));
+    const fits = Math.floor(device.limits.maxStorageBufferBindingSize / (4 * maxWidth) / 64) * 64;
+    const micro = Math.min(asked, fits);
     const buffers: GPUBuffer[] = [];
     const buffer = (label: string, contents: number | Float32Array | Uint32Array) => {
       const b = storageBuffer(device, label, contents);
@@ -174,7 +180,6 @@ export class SaeEngine {
     }
     const blocksPerMicro = Math.ceil(micro / DECODE_ROWS);
     const blocks = blocksPerMicro * micros.length;
-    const maxWidth = Math.max(...layout.saes.map((s) => s.width));
     const pre = buffer("pre-activations", micro * maxWidth * 4);
     const figurePartials = buffer("figure partials", layout.saes.length * 2 * blocks * 4);
     const figures: FigureSum[] = [];
@@ -287,6 +292,7 @@ export class SaeEngine {
       },
     ];
     buffers.push(adamStep, ...micros.map((m) => m.rows));
+    throwGpuError(device, "set up the GPU SAE engine");
     return new SaeEngine(gpu, o, {
       layout,
       micros,
@@ -323,6 +329,58 @@ export class SaeEngine {
     report: boolean,
   ): Promise<Float32Array | undefined> {
     const device = this.#gpu.device;
+    this.#begin(batch, lr);
+    const encoder = device.createCommandEncoder();
+    this.#record(encoder);
+    if (report) encoder.copyBufferToBuffer(this.#figures, 0, this.#readback, 0, this.#figures.size);
+    device.queue.submit([encoder.finish()]);
+    if (!report) return undefined;
+    await this.#readback.mapAsync(GPUMapMode.READ);
+    throwGpuError(device, `take SAE training step ${this.#step} on the GPU`);
+    const figures = new Float32Array(
+      this.#readback.getMappedRange().slice(8, 8 + 4 * this.#figureCount),
+    );
+    this.#readback.unmap();
+    return figures;
+  }
+
+  /**
+   * Takes one training step (on the batch already uploaded) with every dispatch in its own pass,
+   * timed by the GPU: where a step's time goes. Needs the `timestamp-query` feature.
+   *
+   * @param lr The step's learning rate.
+   * @returns Milliseconds per kernel (summed over micro-batches), in dispatch order; undefined
+   *   when the device cannot time passes.
+   */
+  async profile(lr: number): Promise<{ kernel: string; ms: number }[] | undefined> {
+    const device = this.#gpu.device;
+    if (!device.features.has("timestamp-query")) return undefined;
+    this.#begin(undefined, lr);
+    const labels: string[] = [];
+    const count = 2 * (this.#micros.length * this.#hooks.length * 8 + this.#hooks.length + 3);
+    const set = device.createQuerySet({ type: "timestamp", count });
+    const resolved = device.createBuffer({
+      size: count * 8,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const encoder = device.createCommandEncoder();
+    this.#record(encoder, { set, labels });
+    encoder.resolveQuerySet(set, 0, count, resolved, 0);
+    device.queue.submit([encoder.finish()]);
+    const ticks = new BigInt64Array(await readBuffer(device, resolved, count * 8));
+    set.destroy();
+    resolved.destroy();
+    const ms = new Map<string, number>();
+    labels.forEach((label, i) => {
+      const t = Number(ticks[2 * i + 1]! - ticks[2 * i]!) / 1e6;
+      ms.set(label, (ms.get(label) ?? 0) + t);
+    });
+    return [...ms].map(([kernel, t]) => ({ kernel, ms: t }));
+  }
+
+  // Counts the step and uploads its learning rate and batch (queued behind earlier steps).
+  #begin(batch: ReadonlyMap<string, Float32Array> | undefined, lr: number): void {
+    const device = this.#gpu.device;
     this.#step++;
     writeArray(device, this.#adamStep, 0, adamUniform(this.#o.adam, this.#step, lr));
     if (batch !== undefined) {
@@ -337,29 +395,39 @@ export class SaeEngine {
         writeArray(device, h.x, 0, data);
       }
     }
-    const encoder = device.createCommandEncoder();
+  }
+
+  // Records a step's passes: one compute pass per micro-batch and one for the optimizer, or, when
+  // timed, one pass per dispatch with timestamps around it.
+  #record(encoder: GPUCommandEncoder, timed?: { set: GPUQuerySet; labels: string[] }): void {
+    let pass: GPUComputePassEncoder | undefined;
+    const open = () => (pass = timed === undefined ? encoder.beginComputePass() : undefined);
+    const run = (kernel: Kernel, group: GPUBindGroup, count: number) => {
+      if (timed === undefined) return dispatch(pass!, kernel, group, count);
+      const i = timed.labels.push(kernel.label) - 1;
+      const one = encoder.beginComputePass({
+        timestampWrites: {
+          querySet: timed.set,
+          beginningOfPassWriteIndex: 2 * i,
+          endOfPassWriteIndex: 2 * i + 1,
+        },
+      });
+      dispatch(one, kernel, group, count);
+      one.end();
+    };
     encoder.clearBuffer(this.#grads);
     for (const [m, micro] of this.#micros.entries()) {
       for (const h of this.#hooks) encoder.clearBuffer(h.mask);
-      const pass = encoder.beginComputePass();
+      open();
       for (const h of this.#hooks) {
-        for (const p of h.passes[m]!) dispatch(pass, p.kernel, p.group, p.count(micro.count));
+        for (const p of h.passes[m]!) run(p.kernel, p.group, p.count(micro.count));
       }
-      pass.end();
+      pass?.end();
     }
-    const pass = encoder.beginComputePass();
-    for (const h of this.#hooks) dispatch(pass, h.bias.kernel, h.bias.group, h.view.d);
-    for (const o of this.#optimizer) dispatch(pass, o.kernel, o.group, o.count);
-    pass.end();
-    if (report) encoder.copyBufferToBuffer(this.#figures, 0, this.#readback, 0, this.#figures.size);
-    device.queue.submit([encoder.finish()]);
-    if (!report) return undefined;
-    await this.#readback.mapAsync(GPUMapMode.READ);
-    const figures = new Float32Array(
-      this.#readback.getMappedRange().slice(8, 8 + 4 * this.#figureCount),
-    );
-    this.#readback.unmap();
-    return figures;
+    open();
+    for (const h of this.#hooks) run(h.bias.kernel, h.bias.group, h.view.d);
+    for (const o of this.#optimizer) run(o.kernel, o.group, o.count);
+    pass?.end();
   }
 
   /**

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""PyTorch peer of `deno task bench`: times the same training steps on CPU.
+"""PyTorch peer of `deno task bench`: times the same training steps on CPU (or, with --device cuda,
+on an NVIDIA GPU for `deno task bench --gpu`).
 
 Cases (shapes from SPEC.md §2 and §4):
   sae_topk_step   one TopK SAE step on x[16384, 64] (seeded standard normal), 512 features, k = 10:
@@ -9,11 +10,13 @@ Cases (shapes from SPEC.md §2 and §4):
                   cross-entropy, backward, grad clipping to 1.0, AdamW(1e-3, (0.9, 0.95), wd 0.1).
 
 Each case warms up for 3 steps, then times --reps steps with time.perf_counter and reports the
-median and the minimum in ms. Thread count is torch's default unless --threads is given.
+median and the minimum in ms. Thread count is torch's default unless --threads is given. On CUDA
+the data and model live on the GPU and each timed step ends with torch.cuda.synchronize(), so a
+step's time is the GPU's, not the launch queue's.
 
 Usage: /usr/bin/python3 tests/bench/peer_torch.py [--case sae|gpt|all] [--reps 10] [--batch 32]
-                                                 [--threads N] [--json]
-Exits 3 (peer skipped) when torch cannot be imported.
+                                                 [--threads N] [--device cpu|cuda] [--json]
+Exits 3 (peer skipped) when torch cannot be imported, or --device cuda has no CUDA device.
 """
 
 import argparse
@@ -41,14 +44,17 @@ nn = torch.nn
 F = nn.functional
 
 
-def time_steps(step, reps):
+def time_steps(step, reps, device):
     """Runs `step` WARMUP_STEPS times untimed, then `reps` times; returns (median_ms, min_ms)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(WARMUP_STEPS):
         step()
+    sync()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         step()
+        sync()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times), min(times)
 
@@ -74,10 +80,10 @@ class TopKSAE(nn.Module):
         return f @ self.W_dec + self.b_dec
 
 
-def sae_step_fn(tokens=16384, d_in=64, n_features=512, k=10):
+def sae_step_fn(device, tokens=16384, d_in=64, n_features=512, k=10):
     torch.manual_seed(SEED)
-    x = torch.randn(tokens, d_in)
-    sae = TopKSAE(d_in, n_features, k)
+    x = torch.randn(tokens, d_in).to(device)
+    sae = TopKSAE(d_in, n_features, k).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
 
     def step():
@@ -122,7 +128,7 @@ class Block(nn.Module):
 def explicit_attention(q, k, v):
     t = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
     return scores.masked_fill(causal, float("-inf")).softmax(-1) @ v
 
 
@@ -151,17 +157,17 @@ class ToyGPT(nn.Module):
                 nn.init.normal_(proj.weight, 0.0, 0.02 * (2 * n_layer) ** -0.5)
 
     def forward(self, idx):
-        pos = torch.arange(idx.shape[1])
+        pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.t()  # tied LM head
 
 
-def gpt_step_fn(batch, attention, ctx=128, vocab=128):
+def gpt_step_fn(batch, attention, device, ctx=128, vocab=128):
     torch.manual_seed(SEED)
-    model = ToyGPT(attention, vocab=vocab, ctx=ctx)
-    data = torch.randint(0, vocab, (batch, ctx + 1))
+    model = ToyGPT(attention, vocab=vocab, ctx=ctx).to(device)
+    data = torch.randint(0, vocab, (batch, ctx + 1)).to(device)
     inputs, targets = data[:, :-1], data[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
 
@@ -177,15 +183,15 @@ def gpt_step_fn(batch, attention, ctx=128, vocab=128):
     return step, f"{n_params} params, batch {batch}x{ctx}, AdamW, clip 1.0"
 
 
-def bench_gpt(batch, reps):
+def bench_gpt(batch, reps, device):
     """Times explicit attention and, when this torch has it, SDPA; returns the faster."""
     variants = {"explicit softmax attention": explicit_attention}
     if hasattr(F, "scaled_dot_product_attention"):
         variants["F.scaled_dot_product_attention"] = sdpa_attention
     results = []
     for label, attention in variants.items():
-        step, detail = gpt_step_fn(batch, attention)
-        median, fastest = time_steps(step, reps)
+        step, detail = gpt_step_fn(batch, attention, device)
+        median, fastest = time_steps(step, reps, device)
         results.append((median, fastest, label, detail))
     median, fastest, label, detail = min(results)
     if len(results) == 1:
@@ -195,9 +201,9 @@ def bench_gpt(batch, reps):
     return median, fastest, f"{detail}, {label} ({note})"
 
 
-def bench_sae(reps):
-    step, detail = sae_step_fn()
-    median, fastest = time_steps(step, reps)
+def bench_sae(reps, device):
+    step, detail = sae_step_fn(device)
+    median, fastest = time_steps(step, reps, device)
     return median, fastest, detail
 
 
@@ -210,6 +216,7 @@ def parse_args():
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32, help="GPT batch size (sequences)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
     for name in ("reps", "batch", "threads"):
@@ -221,24 +228,30 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"peer_torch: torch {torch.__version__} sees no CUDA device; peer skipped",
+              file=sys.stderr)
+        sys.exit(3)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cases = {
-        "sae_topk_step": lambda: bench_sae(args.reps),
-        "gpt_train_step": lambda: bench_gpt(args.batch, args.reps),
+        "sae_topk_step": lambda: bench_sae(args.reps, args.device),
+        "gpt_train_step": lambda: bench_gpt(args.batch, args.reps, args.device),
     }
     if args.case != "all":
         cases = {k: v for k, v in cases.items() if k.startswith(args.case)}
     threads = torch.get_num_threads()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     if not args.json:
-        print(f"torch {torch.__version__}, {threads} thread(s), "
+        print(f"torch {torch.__version__} on {device}, {threads} CPU thread(s), "
               f"{args.reps} reps after {WARMUP_STEPS} warm-up")
         print(f"{'case':<16} {'median ms':>10} {'min ms':>10}  detail")
     for name, run in cases.items():
         median, fastest, detail = run()
         if args.json:
             record = {"name": name, "peer_ms": round(median, 3), "peer_min_ms": round(fastest, 3),
-                      "threads": threads, "torch": torch.__version__, "detail": detail}
+                      "threads": threads, "device": device, "torch": torch.__version__,
+                      "detail": detail}
             print(json.dumps(record), flush=True)
         else:
             print(f"{name:<16} {median:>10.1f} {fastest:>10.1f}  {detail}", flush=True)

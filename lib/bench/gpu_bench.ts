@@ -1,0 +1,251 @@
+/**
+ * The GPU benchmark (`deno task bench --gpu`, and `bench/gpu.ts` for hosts without Deno's cache):
+ * the paper-shape TopK SAE step through the WebGPU engine against PyTorch CUDA
+ * (`tests/bench/peer_torch.py --device cuda`) and against stock tfjs `webgpu`, the toy-GPT step on
+ * stock tfjs `webgpu` against PyTorch CUDA, and the wall time of a toy SAE training run (7,500
+ * steps of 128 × 128 tokens) at each position through the engine. Same rows as the CPU bench.
+ *
+ * Each configuration runs in a child process (the caller says how to start one), so tfjs's
+ * global backend and each configuration's GPU memory do not carry over. On a software adapter
+ * (llvmpipe) everything runs, slowly, and the output says the figures are not GPU figures.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { requestGpu } from "../gpu/device.ts";
+import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
+import { layoutPosition, type Position } from "../sae/positions.ts";
+import { SAE_TRAIN_DEFAULTS, trainSaes } from "../sae/train.ts";
+import { createRng, normalArray } from "../util/rng.ts";
+import { gptTrainStep, SAE_CASE, saeEngineStep, saeTopkStep, timeCase } from "./cases.ts";
+import { type BenchRow, benchRow, formatRows } from "./rows.ts";
+import { torchPeer } from "./peer.ts";
+
+/** The configurations, each timed in its own process. */
+export const GPU_CONFIGS = ["engine", "stock-webgpu", "runs"] as const;
+
+/** A configuration of the GPU bench. */
+export type GpuConfig = typeof GPU_CONFIGS[number];
+
+/** One timing a configuration prints (a JSON line). */
+export interface GpuTiming {
+  /** Case name, shared with the peer's. */
+  name: string;
+  /** The configuration that timed it. */
+  config: GpuConfig;
+  /** Median milliseconds (a whole run's, for training runs). */
+  ms: number;
+  /** What ran. */
+  detail: string;
+  /** Per-kernel GPU milliseconds of one engine step, where the device can time passes. */
+  kernels?: { kernel: string; ms: number }[];
+}
+
+/** The toy positions and the architecture each trains in the paper's tables. */
+const RUNS: { position: Position; arch: SaeConfig["arch"] }[] = [
+  { position: "mlp", arch: "topk" },
+  { position: "mlp-block", arch: "staircase" },
+  { position: "block", arch: "staircase" },
+];
+
+/** Steps of the paper's toy SAE training run. */
+const RUN_STEPS = SAE_TRAIN_DEFAULTS.steps;
+
+/**
+ * Times one configuration in this process and prints its timings as JSON lines.
+ *
+ * @param config Which.
+ * @param reps Timed steps per case after warm-up.
+ * @param runSteps Steps each training run takes (its time is scaled to 7,500 steps).
+ */
+export async function runGpuConfig(
+  config: GpuConfig,
+  reps: number,
+  runSteps: number,
+): Promise<void> {
+  const gpu = await requestGpu();
+  if (typeof gpu === "string") throw new Error(`Cannot run the GPU bench: ${gpu}`);
+  const print = (t: GpuTiming) => console.log(JSON.stringify(t));
+  // tfjs cpu holds the SAEs' variables here; its first-use banner would only advertise tfjs-node.
+  (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  if (config === "engine") {
+    const c = await saeEngineStep(gpu, 0);
+    const { medianMs } = await timeCase(c, reps);
+    print({ name: c.name, config, ms: medianMs, detail: c.detail, kernels: await c.profile() });
+    c.dispose();
+    return;
+  }
+  await import("@tensorflow/tfjs-backend-webgpu");
+  if (!(await tf.setBackend("webgpu"))) throw new Error("Cannot start tfjs webgpu");
+  if (config === "stock-webgpu") {
+    for (const make of [saeTopkStep, gptTrainStep]) {
+      const c = make(0);
+      const { medianMs } = await timeCase(c, reps);
+      print({
+        name: c.name,
+        config,
+        ms: medianMs,
+        detail: `${c.detail}; tfjs webgpu (${gpu.adapter})`,
+      });
+      c.dispose();
+    }
+    return;
+  }
+  for (const { position, arch } of RUNS) {
+    print(await trainingRun(position, arch, runSteps));
+  }
+}
+
+// A toy SAE training run through `trainSaes` on synthetic activations (two batches' worth per
+// hook, cycled), timed from the first step to the saved result and scaled to 7,500 steps.
+async function trainingRun(
+  position: Position,
+  arch: SaeConfig["arch"],
+  steps: number,
+): Promise<GpuTiming> {
+  const { d, features, k } = SAE_CASE;
+  const sae: SaeConfig = { arch, features, k, jsaeLambda: 0 };
+  const layout = layoutPosition(position, 4);
+  const saes = buildSaes(sae, layout, d, 0);
+  const seqLen = 128, rows = SAE_TRAIN_DEFAULTS.batch * seqLen;
+  const rng = createRng(1);
+  const data = new Map(layout.hooks.map((h) => [h, normalArray(rng, 2 * rows * d, 1)]));
+  const dir = await Deno.makeTempDir({ prefix: "scalar-gpu-bench-" });
+  const lines: string[] = [];
+  const started = performance.now();
+  const result = await trainSaes({
+    saes,
+    sae,
+    train: { ...SAE_TRAIN_DEFAULTS, steps, checkpointEvery: steps },
+    seqLen,
+    d,
+    data: {
+      tokens: 2 * rows,
+      batch: (hooks, start, count) =>
+        Promise.resolve(
+          new Map(hooks.map((h) => [h, data.get(h)!.subarray(start * d, (start + count) * d)])),
+        ),
+    },
+    outDir: `${dir}/saes`,
+    provenance: {},
+    log: (l) => lines.push(l),
+  });
+  const ms = performance.now() - started;
+  saes.dispose();
+  await Deno.remove(dir, { recursive: true });
+  const path = lines.find((l) => l.startsWith("SAE steps: ")) ?? "SAE steps: tfjs webgpu ops";
+  const widths = layout.hooks.map((h) => saes.width(h)).join("/");
+  return {
+    name: `sae_train_run ${position}`,
+    config: "runs",
+    ms: ms * RUN_STEPS / result.step,
+    detail:
+      `${layout.hooks.length} ${arch} SAEs (${widths} features), ${RUN_STEPS} steps × ${rows} ` +
+      `tokens` + (steps === RUN_STEPS ? "" : `, scaled from ${steps} steps`) +
+      `; ${path.replace("SAE steps: ", "")}`,
+  };
+}
+
+/** How {@link gpuBench} starts its children and finds the peer. */
+export interface GpuBenchOptions {
+  /** Timed steps per case. */
+  reps: number;
+  /** Steps per training run; undefined: 7,500 on a GPU, 1 on a software adapter. */
+  runSteps?: number;
+  /** One JSON object per row instead of the table. */
+  json: boolean;
+  /** Arguments to `deno` that start this bench again (the child adds `--only CONFIG …`). */
+  childArgs: string[];
+  /** Path of `tests/bench/peer_torch.py`. */
+  peerScript: string;
+}
+
+/**
+ * Runs every configuration in a child process, then the PyTorch CUDA peer, and prints the rows.
+ *
+ * @param o Options.
+ * @returns The exit code.
+ */
+export async function gpuBench(o: GpuBenchOptions): Promise<number> {
+  const gpu = await requestGpu();
+  if (typeof gpu === "string") {
+    console.error(`Cannot run the GPU bench: ${gpu}`);
+    return 1;
+  }
+  const runSteps = o.runSteps ?? (gpu.software ? 1 : RUN_STEPS);
+  const note = gpu.software
+    ? `adapter: ${gpu.adapter} — a SOFTWARE adapter (the CPU through Mesa's Vulkan): these figures ` +
+      `check that the GPU path runs, they say nothing about GPU speed`
+    : `adapter: ${gpu.adapter}`;
+  console.error(note);
+  const timings: GpuTiming[] = [];
+  for (const config of GPU_CONFIGS) {
+    console.error(`timing ${config}…`);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        ...o.childArgs,
+        "--only",
+        config,
+        "--reps",
+        String(o.reps),
+        "--run-steps",
+        String(runSteps),
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    if (!out.success) throw new Error(`Cannot time configuration "${config}": its process failed`);
+    timings.push(
+      ...new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l)),
+    );
+  }
+  console.error("timing the PyTorch CUDA peer…");
+  const peer = await torchPeer(o.peerScript, ["--device", "cuda", "--reps", String(o.reps)]);
+  if (typeof peer === "string") console.error(`peer skipped: ${peer}`);
+  const rows = gpuRows(timings, typeof peer === "string" ? new Map() : peer);
+  if (o.json) {
+    for (const r of rows) console.log(JSON.stringify(r));
+    return 0;
+  }
+  console.log(note);
+  for (const line of formatRows(rows)) console.log(line);
+  const ours = timings.find((t) => t.config === "engine")!;
+  const stock = timings.find((t) => t.config === "stock-webgpu" && t.name === ours.name);
+  if (stock) {
+    console.log(
+      `speed-up of the engine over stock tfjs webgpu on ${ours.name}: ${
+        (stock.ms / ours.ms).toFixed(1)
+      }×`,
+    );
+  }
+  console.log(`ours: ${ours.detail}`);
+  if (ours.kernels) {
+    console.log(
+      `one engine step by kernel (GPU timestamps): ` +
+        ours.kernels.map((k) => `${k.kernel} ${k.ms.toFixed(3)} ms`).join(", "),
+    );
+  }
+  return 0;
+}
+
+/**
+ * The rows from the configurations' timings: each against the PyTorch CUDA peer's time for the
+ * same case (none for training runs); stock baselines say so in their names.
+ *
+ * @param timings What the configurations printed.
+ * @param peer Case name → the peer's median milliseconds.
+ * @returns The rows, in timing order.
+ */
+export function gpuRows(
+  timings: readonly GpuTiming[],
+  peer: ReadonlyMap<string, number>,
+): BenchRow[] {
+  return timings.map((t) =>
+    benchRow(
+      t.config === "stock-webgpu" ? `${t.name} (stock tfjs webgpu)` : t.name,
+      t.ms,
+      t.config === "runs" ? null : peer.get(t.name),
+      t.detail,
+    )
+  );
+}
