@@ -3,65 +3,7 @@
  * when run again, and reports; a killed grid resumes to the same rows.
  */
 import assert from "node:assert/strict";
-import { resolve } from "node:path";
-import { GPT, type GPTConfig } from "../lib/model/gpt.ts";
-import { gptTensors } from "../lib/model/gpt_checkpoint.ts";
-import { saveCheckpoint } from "../lib/model/checkpoint.ts";
-
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const TINY: GPTConfig = {
-  nLayer: 1,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 16,
-  vocabSize: 128,
-  lnEps: 1e-5,
-};
-const dataDir = Deno.env.get("SCALAR_DATA_DIR");
-// The children run in a temporary folder, so a relative data folder is made absolute.
-const CHILD_ENV = {
-  NO_COLOR: "1",
-  SCALAR_BACKEND: "wasm",
-  ...(dataDir ? { SCALAR_DATA_DIR: resolve(dataDir) } : {}),
-};
-
-async function cli(cwd: string, ...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    cwd,
-    env: CHILD_ENV,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-}
-
-async function setUp(): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  const model = GPT.init(TINY, 3);
-  await saveCheckpoint(`${dir}/model`, {
-    config: { format: "scalar-lab/gpt", model: TINY, tokenizer: "char" },
-    params: gptTensors(TINY, await model.parameterValues()),
-  });
-  model.dispose();
-  await Deno.writeTextFile(
-    `${dir}/grid.yaml`,
-    `name: tiny-grid
-model: { kind: toy, checkpoint: model }
-position: mlp-block
-sae: { arch: topk, features: 16, k: 2 }
-train: { steps: 6, batch: 4, warmup: 1, log_every: 2, checkpoint_every: 3 }
-eval: { sequences: 8 }
-scalar: { ig_steps: 2, ig_batches: 1, ig_batch_size: 2, prompts: 2, bootstrap: 50 }
-seeds: [0]
-matrix:
-  sae.arch: [topk, staircase]
-`,
-  );
-  return dir;
-}
+import { CHILD_ENV, cli, dataDir, MAIN, setUpTinyGrid as setUp } from "./testdata/tiny_grid.ts";
 
 Deno.test({
   name: "run → plan → report → query on a tiny model, and a second run skips finished runs",

@@ -11,11 +11,13 @@ import { CheckpointError } from "../model/checkpoint.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
 import { ArchitectureError } from "../sae/architectures.ts";
 import { StoreError } from "../store/db.ts";
+import { SlurmError } from "../slurm/queue.ts";
 import { DivergenceError } from "../optim/training_loop.ts";
 import { type Command, UsageError } from "./args.ts";
 import { trainModelCommand } from "./train_model.ts";
 import { benchCommand } from "./bench.ts";
 import { featuresCommand } from "./features.ts";
+import { mergeCommand } from "./merge.ts";
 import { queryCommand, reportCommand } from "./results.ts";
 import { planCommand, runCommand } from "./run.ts";
 
@@ -26,6 +28,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   plan: planCommand,
   report: reportCommand,
   query: queryCommand,
+  merge: mergeCommand,
   bench: benchCommand,
   features: featuresCommand,
 };
@@ -50,6 +53,7 @@ const EXPECTED_ERRORS = [
   DivergenceError,
   ArchitectureError,
   StoreError,
+  SlurmError,
 ];
 
 /**

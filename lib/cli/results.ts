@@ -9,6 +9,7 @@ import { query, QUERY_FORMATS, type QueryFormat } from "../store/query.ts";
 import { writePlots } from "../store/plots.ts";
 import { type CellKey, report, type ReportFormat } from "../store/report.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
+import { mergeBeforeReading } from "./merge.ts";
 import { DEFAULT_DB } from "./run.ts";
 
 const REPORT_FORMATS: readonly ReportFormat[] = ["md", "csv", "json"];
@@ -76,7 +77,9 @@ Options:
     if (experiment === undefined || positionals.length > 1) {
       throw new UsageError("expected one MANIFEST path or --experiment NAME");
     }
-    const store = await openStore(values.db ?? DEFAULT_DB, { readOnly: true });
+    const db = values.db ?? DEFAULT_DB;
+    await mergeBeforeReading(db, experiment);
+    const store = await openStore(db, { readOnly: true });
     try {
       console.log(await report(store, { experiment, format, curve, expectedSeeds }));
       if (values.plot) {
@@ -116,7 +119,9 @@ Options:
     if (!QUERY_FORMATS.includes(format)) {
       throw new UsageError(`--format must be one of ${QUERY_FORMATS.join(", ")}, got "${format}"`);
     }
-    console.log(await query(values.db ?? DEFAULT_DB, positionals[0]!, format));
+    const db = values.db ?? DEFAULT_DB;
+    await mergeBeforeReading(db);
+    console.log(await query(db, positionals[0]!, format));
     return 0;
   },
 };

@@ -12,14 +12,33 @@ import {
   type ManifestExpansion,
 } from "../experiment/manifest.ts";
 import { estimateRuns, formatEstimate, measureThroughput } from "../experiment/estimate.ts";
+import { prepareRuns } from "../experiment/prepare.ts";
 import { runSaeExperiment, type SaeRunConfig } from "../experiment/sae_run.ts";
 import { openStore, type Store } from "../store/db.ts";
-import { markRunning, type RunRecord, runStatuses, storeRun } from "../store/write.ts";
+import {
+  markRunning,
+  type RunRecord,
+  type RunStatus,
+  runStatuses,
+  storeRun,
+} from "../store/write.ts";
 import { formatDuration } from "../util/progress.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
+import { mergeBeforeReading } from "./merge.ts";
+import {
+  checkSlurmOptions,
+  describeSlurmState,
+  runsInSlurm,
+  SLURM_RUN_HELP,
+  SLURM_RUN_OPTIONS,
+  submitGrid,
+} from "./slurm.ts";
 
 /** Where results go unless `--db` says otherwise. */
 export const DEFAULT_DB = "results/scalar.duckdb";
+
+/** Where the activation caches that runs share live. */
+const CACHE_ROOT = "results/cache";
 
 const COMMON_HELP = `  --db PATH        results database (default ${DEFAULT_DB})
   --only KEY=VALUE only runs whose varied parameter (or seed) has this value; repeatable
@@ -49,6 +68,17 @@ function filterRuns(runs: ExpandedRun[], only: string[]): ExpandedRun[] {
   );
 }
 
+/** Keeps the runs `--run-id` names, in its order (a Slurm job's runs); ids must be in the grid. */
+function selectRuns(runs: ExpandedRun[], ids: string[] | undefined, file: string): ExpandedRun[] {
+  if (ids === undefined) return runs;
+  const byId = new Map(runs.map((r) => [r.id, r]));
+  const unknown = ids.filter((id) => !byId.has(id));
+  if (unknown.length > 0) {
+    throw new UsageError(`--run-id ${unknown.join(", ")}: no such run in the grid of ${file}`);
+  }
+  return ids.map((id) => byId.get(id)!);
+}
+
 function describeRun(r: ExpandedRun): string {
   const parts = Object.entries(r.varied).map(([k, v]) => `${k}=${v}`);
   return [...parts, `seed=${r.seed}`].join(" ");
@@ -62,12 +92,23 @@ async function loadGrid(args: string[]) {
     force: { type: "boolean" },
     "fail-fast": { type: "boolean" },
     yes: { type: "boolean" },
+    "run-id": { type: "string", multiple: true },
+    prepare: { type: "boolean" },
+    ...SLURM_RUN_OPTIONS,
   });
   if (positionals.length !== 1) throw new UsageError("expected exactly one MANIFEST path");
   const expansion: ManifestExpansion = await expandManifest(positionals[0]!);
-  const runs = filterRuns(expansion.runs, values.only ?? []);
+  const runs = selectRuns(
+    filterRuns(expansion.runs, values.only ?? []),
+    values["run-id"],
+    positionals[0]!,
+  );
   const db = values.db ?? DEFAULT_DB;
-  const statuses = await withStore(db, (s) => runStatuses(s, expansion.manifest.name));
+  // A Slurm grid's prepare job runs while array tasks write: it opens no database.
+  const statuses = values.prepare ? new Map<string, RunStatus>() : await (async () => {
+    await mergeBeforeReading(db, expansion.manifest.name);
+    return await withStore(db, (s) => runStatuses(s, expansion.manifest.name));
+  })();
   return { values, expansion, runs, db, statuses };
 }
 
@@ -97,19 +138,28 @@ export const planCommand: Command = {
   summary: "list an experiment manifest's runs and their status (done/failed/pending)",
   help: `Usage: deno task plan MANIFEST [--only KEY=VALUE] [--db PATH]
 
-Checks the manifest exactly as run does, expands its matrix and lists every run: its id, the
-values it varies, and its status in the results database (done, failed, or pending).
+Checks the manifest exactly as run does, expands its matrix and lists every run: its id, its
+status in the results database (done, failed, or pending), for a run submitted with --slurm its
+Slurm state (queued or running, with its array job and index), and the values it varies.
+Finished Slurm tasks' shards are merged first.
 
 Options:
 ${COMMON_HELP}`,
   async run(args) {
-    const { expansion, runs, statuses } = await loadGrid(args);
+    const { expansion, runs, statuses, db } = await loadGrid(args);
+    const slurm = await runsInSlurm(db, expansion.manifest.name);
+    const slurmText = (r: ExpandedRun) => {
+      const held = slurm.get(r.id);
+      return held ? `${describeSlurmState(held)}  ` : "";
+    };
+    const slurmWidth = Math.max(0, ...runs.map((r) => slurmText(r).length));
     console.log(`${expansion.manifest.name}: ${runs.length} runs`);
     for (const r of runs) {
       const s = statuses.get(r.id);
       const status = s?.status === "done" || s?.status === "failed" ? s.status : "pending";
       console.log(
-        `${r.id}  ${status.padEnd(7)}  ${describeRun(r)}${s?.error ? `  (${s.error})` : ""}`,
+        `${r.id}  ${status.padEnd(7)}  ${slurmText(r).padEnd(slurmWidth)}${describeRun(r)}` +
+          `${s?.error ? `  (${s.error})` : ""}`,
       );
     }
     return 0;
@@ -121,6 +171,8 @@ export const runCommand: Command = {
   summary: "run an experiment manifest's pending runs and store every result",
   help:
     `Usage: deno task run MANIFEST [--backend NAME] [--force] [--fail-fast] [--yes] [--only KEY=VALUE] [--db PATH]
+       deno task run MANIFEST --slurm [--partition P] [--time T] [--gpus-per-task N]
+                     [--cpus-per-task N] [--mem M] [--max-parallel N] [--sbatch-arg ARG]...
 
 Expands the manifest's matrix and runs every run that is not done yet: trains the SAEs (sharing
 the model's activation cache between runs), evaluates them, measures SCALAR, and stores all of it
@@ -136,13 +188,38 @@ Options:
   --force          run done runs again
   --fail-fast      stop at the first failed run
   --yes            run even when the estimated memory exceeds what is available
+  --run-id ID      only this run (repeatable); what a Slurm array task runs
+  --prepare        only the work the runs share (tokens, activation caches), no training and no
+                   database: what a Slurm grid's first job does
+${SLURM_RUN_HELP}
 ${COMMON_HELP}`,
   async run(args) {
     const { values, expansion, runs, db, statuses } = await loadGrid(args);
     const { manifest } = expansion;
-    const pending = runs.filter((r) => values.force || statuses.get(r.id)?.status !== "done");
-    console.error(`${manifest.name}: ${runs.length} runs, ${pending.length} to run`);
+    checkSlurmOptions(values);
+    if (values.prepare) {
+      const backend = await selectBackend(backendChoiceFrom(values.backend, manifest.backend));
+      console.error(describeBackend(backend));
+      const log = (line: string) => console.error(`  ${line}`);
+      const n = await prepareRuns(runs.map((r) => r.config), { cacheRoot: CACHE_ROOT, log });
+      console.error(`${manifest.name}: prepared what ${runs.length} runs share (${n} distinct)`);
+      return 0;
+    }
+    // A run Slurm holds is at work there, in the same run folder: leave it to Slurm.
+    const held = values.slurm ? new Map() : await runsInSlurm(db, manifest.name);
+    const pending = runs.filter((r) =>
+      (values.force || statuses.get(r.id)?.status !== "done") && !held.has(r.id)
+    );
+    console.error(
+      `${manifest.name}: ${runs.length} runs, ${pending.length} to run` +
+        (held.size > 0
+          ? ` (${runs.filter((r) => held.has(r.id)).length} queued or running in Slurm)`
+          : ""),
+    );
     if (pending.length === 0) return 0;
+    if (values.slurm) {
+      return await submitGrid({ values, manifest, runs: pending, db, backend: values.backend });
+    }
     const backend = await selectBackend(backendChoiceFrom(values.backend, manifest.backend));
     console.error(describeBackend(backend));
     await checkCost(pending.map((r) => r.config), backend.name, values.yes ?? false);
@@ -179,7 +256,7 @@ ${COMMON_HELP}`,
         try {
           const result = await runSaeExperiment(r.config, {
             runDir: `results/runs/${r.id}`,
-            cacheRoot: "results/cache",
+            cacheRoot: CACHE_ROOT,
             seed: r.seed,
             signal: abort.signal,
             log: (line) => console.error(`  ${line}`),
