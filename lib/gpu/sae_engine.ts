@@ -11,14 +11,16 @@
  * Parameters, gradients and both moments live in one flat buffer each (`layout.ts`); every
  * buffer is allocated once. A step uploads the batch with `queue.writeBuffer` (queued behind the
  * previous step, so the upload streams in while it runs) and reads nothing back, except the
- * figures on a reporting step. Architectures: `topk`, `staircase`, `staircase-detached` (JSAE
- * adds its Jacobian term to the TopK step, see {@link JacobianTerm}).
+ * figures on a reporting step. Architectures: `topk`, `staircase`, `staircase-detached`, and
+ * `jsae`, whose pairs add the Jacobian term (`kernels/jacobian.ts`) to the TopK step.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import type { AdamWState } from "../optim/adamw.ts";
 import type { SaeConfig, SaeSet } from "../sae/architectures.ts";
+import type { MlpWeights } from "../sae/jacobian.ts";
+import type { SaePair } from "../sae/positions.ts";
 import {
   bindBuffers,
   dispatch,
@@ -42,8 +44,10 @@ import { biasGradKernel } from "./kernels/bias_grad.ts";
 import { encoderKernel } from "./kernels/encoder.ts";
 import { featureGradsKernel } from "./kernels/feature_grads.ts";
 import { featureListKernels } from "./kernels/feature_lists.ts";
+import { JACOBIAN_PER_GROUP, jacobianKernels } from "./kernels/jacobian.ts";
 import { DECODE_ROWS, sparseDecodeKernel } from "./kernels/sparse_decode.ts";
 import { sparseBackwardKernel } from "./kernels/sparse_backward.ts";
+import { type MatmulShape, stridedMatmulKernel } from "./kernels/strided_matmul.ts";
 import { topkSelectKernel } from "./kernels/topk_select.ts";
 import { layoutParams, type ParamLayout, type SaeView } from "./layout.ts";
 
@@ -61,6 +65,15 @@ export interface SaeEngineOptions {
   adam: AdamSettings & { decays?: (name: string, shape: readonly number[]) => boolean };
   /** Global gradient-norm limit. */
   gradClip: number;
+  /** JSAE: the pairs, the MLP between each, and the weight λ of the Jacobian loss. */
+  jacobian?: { pairs: readonly SaePair[]; mlp: (pair: SaePair) => MlpWeights; lambda: number };
+}
+
+/** A recorded dispatch: kernel, bindings and how many units of work. */
+interface Dispatch {
+  kernel: Kernel;
+  group: GPUBindGroup;
+  count: (rows: number) => number;
 }
 
 /** One SAE's kernels and scratch buffers. */
@@ -72,13 +85,32 @@ interface HookState {
   dpre: GPUBuffer;
   dxhat: GPUBuffer;
   mask: GPUBuffer;
-  /** Per micro-batch: the bind groups of the row kernels, in dispatch order. */
-  passes: { kernel: Kernel; group: GPUBindGroup; count: (rows: number) => number }[][];
-  bias: { kernel: Kernel; group: GPUBindGroup };
+  lists: GPUBuffer;
+  starts: GPUBuffer;
+  /** Per micro-batch: the row kernels, in dispatch order. */
+  passes: Dispatch[][];
+  bias: Dispatch;
 }
 
-/** The architectures the engine trains. */
-export const ENGINE_ARCHITECTURES: readonly string[] = ["topk", "staircase", "staircase-detached"];
+/** One JSAE pair's dispatches: before, during (per micro-batch) and after the micro-batches. */
+interface PairState {
+  /** Gradient scratch to zero at each step's start. */
+  scratch: GPUBuffer[];
+  /** The factors A and Bᵀ from the current weights. */
+  before: Dispatch[];
+  /** Per micro-batch: GELU′, J, and the two gathered gradients. */
+  passes: Dispatch[][];
+  /** The weight gradients from ∂A and ∂Bᵀ. */
+  after: Dispatch[];
+}
+
+/** The architectures the engine trains (`jsae` given its MLPs, see {@link SaeEngineOptions}). */
+export const ENGINE_ARCHITECTURES: readonly string[] = [
+  "topk",
+  "staircase",
+  "staircase-detached",
+  "jsae",
+];
 
 /** The engine; create with {@link SaeEngine.create}. */
 export class SaeEngine {
@@ -87,6 +119,7 @@ export class SaeEngine {
   readonly #layout: ParamLayout;
   readonly #micros: { offset: number; count: number; rows: GPUBuffer }[];
   readonly #hooks: HookState[];
+  readonly #pairs: PairState[];
   readonly #buffers: GPUBuffer[];
   readonly #params: GPUBuffer;
   readonly #m: GPUBuffer;
@@ -96,7 +129,7 @@ export class SaeEngine {
   readonly #figureCount: number;
   readonly #readback: GPUBuffer;
   readonly #adamStep: GPUBuffer;
-  readonly #optimizer: { kernel: Kernel; group: GPUBindGroup; count: number }[];
+  readonly #optimizer: Dispatch[];
   #step = 0;
 
   private constructor(
@@ -106,12 +139,13 @@ export class SaeEngine {
       layout: ParamLayout;
       micros: { offset: number; count: number; rows: GPUBuffer }[];
       hooks: HookState[];
+      pairs: PairState[];
       buffers: GPUBuffer[];
       flat: { params: GPUBuffer; m: GPUBuffer; v: GPUBuffer; grads: GPUBuffer };
       figures: GPUBuffer;
       figureCount: number;
       adamStep: GPUBuffer;
-      optimizer: { kernel: Kernel; group: GPUBindGroup; count: number }[];
+      optimizer: Dispatch[];
     },
   ) {
     this.#gpu = gpu;
@@ -119,6 +153,7 @@ export class SaeEngine {
     this.#layout = parts.layout;
     this.#micros = parts.micros;
     this.#hooks = parts.hooks;
+    this.#pairs = parts.pairs;
     this.#buffers = parts.buffers;
     ({ params: this.#params, m: this.#m, v: this.#v, grads: this.#grads } = parts.flat);
     this.#figures = parts.figures;
@@ -142,10 +177,15 @@ export class SaeEngine {
    * @throws {RangeError} For an architecture the engine does not train, or impossible sizes.
    */
   static async create(gpu: Gpu, o: SaeEngineOptions): Promise<SaeEngine> {
-    if (!ENGINE_ARCHITECTURES.includes(o.sae.arch)) {
-      throw new RangeError(`Cannot train "${o.sae.arch}" SAEs on the GPU engine`);
+    if (!ENGINE_ARCHITECTURES.includes(o.sae.arch) || (o.sae.arch === "jsae") !== !!o.jacobian) {
+      throw new RangeError(
+        `Cannot train "${o.sae.arch}" SAEs on the GPU engine ` +
+          (o.jacobian ? "with a Jacobian term" : "without the MLPs of the Jacobian term"),
+      );
     }
     const device = gpu.device;
+    // Invalid sizes or bindings surface here, not as a silently skipped dispatch later.
+    device.pushErrorScope("validation");
     const asked = o.microRows ?? o.rows;
     if (!(Number.isInteger(o.rows) && o.rows > 0 && Number.isInteger(asked) && asked > 0)) {
       throw new RangeError(`Cannot train on ${o.rows} rows per step in passes of ${asked}`);
@@ -181,7 +221,15 @@ export class SaeEngine {
     const blocksPerMicro = Math.ceil(micro / DECODE_ROWS);
     const blocks = blocksPerMicro * micros.length;
     const pre = buffer("pre-activations", micro * maxWidth * 4);
-    const figurePartials = buffer("figure partials", layout.saes.length * 2 * blocks * 4);
+    const pairs = o.jacobian?.pairs ?? [];
+    const k = o.sae.k;
+    const jacobianBlocks = Math.ceil((micro * k * k) / JACOBIAN_PER_GROUP);
+    const pairBase = layout.saes.length * 2 * blocks;
+    const figurePartials = buffer(
+      "figure partials",
+      (pairBase + pairs.length * jacobianBlocks * micros.length) * 4,
+    );
+    // Each SAE's loss, each pair's Jacobian term, each SAE's L0.
     const figures: FigureSum[] = [];
     const hooks: HookState[] = [];
     for (const [h, view] of layout.saes.entries()) {
@@ -200,6 +248,7 @@ export class SaeEngine {
       const totals = buffer("totals", width * 4);
       const starts = buffer("starts", (width + 1) * 4);
       const lists = buffer("lists", micro * k * 4);
+      const withLists = { ...state, lists, starts };
       const cols = buffer("column partials", blocks * d * 4);
       const kernels = {
         encoder: await encoderKernel(device, view),
@@ -242,21 +291,52 @@ export class SaeEngine {
       });
       const biasKernel = await biasGradKernel(device, view, blocks);
       hooks.push({
-        ...state,
+        ...withLists,
         passes,
         bias: {
           kernel: biasKernel,
           group: bindBuffers(device, biasKernel, [cols, flat.params, flat.grads]),
+          count: () => d,
         },
       });
       const base = h * 2 * blocks;
       figures[h] = { offset: base, count: blocks, stride: 2, scale: 1 / o.rows };
-      figures[layout.saes.length + h] = {
+      figures[layout.saes.length + pairs.length + h] = {
         offset: base + 1,
         count: blocks,
         stride: 2,
         scale: 1 / o.rows,
       };
+    }
+    const pairStates: PairState[] = [];
+    for (const [p, pair] of pairs.entries()) {
+      const [up, down] = [pair.up, pair.down].map((hook) => {
+        const h = hooks.find((s) => s.view.hook === hook);
+        if (h === undefined) throw new RangeError(`Cannot train pair ${hook}: no SAE there`);
+        return h;
+      });
+      const offset = pairBase + p * jacobianBlocks * micros.length;
+      figures[layout.saes.length + p] = {
+        offset,
+        count: jacobianBlocks * micros.length,
+        stride: 1,
+        scale: o.jacobian!.lambda / (k * k),
+      };
+      pairStates.push(
+        await jacobianPair(device, buffer, {
+          up: up!,
+          down: down!,
+          mlp: o.jacobian!.mlp(pair),
+          lambda: o.jacobian!.lambda,
+          micro,
+          micros,
+          params: flat.params,
+          grads: flat.grads,
+          figurePartials,
+          figures: offset,
+          blocksPerMicro: jacobianBlocks,
+        }),
+      );
     }
     const adam = await adamKernels(device, {
       length: layout.length,
@@ -271,12 +351,12 @@ export class SaeEngine {
       {
         kernel: adam.sumSquares,
         group: bindBuffers(device, adam.sumSquares, [flat.grads, normPartials]),
-        count: layout.length,
+        count: () => layout.length,
       },
       {
         kernel: adam.figures,
         group: bindBuffers(device, adam.figures, [normPartials, figurePartials, figureValues]),
-        count: 1,
+        count: () => 1,
       },
       {
         kernel: adam.update,
@@ -288,15 +368,17 @@ export class SaeEngine {
           figureValues,
           adamStep,
         ]),
-        count: layout.length,
+        count: () => layout.length,
       },
     ];
     buffers.push(adamStep, ...micros.map((m) => m.rows));
-    throwGpuError(device, "set up the GPU SAE engine");
+    const error = await device.popErrorScope();
+    if (error !== null) throw new Error(`Cannot set up the GPU SAE engine: ${error.message}`);
     return new SaeEngine(gpu, o, {
       layout,
       micros,
       hooks,
+      pairs: pairStates,
       buffers,
       flat,
       figures: figureValues,
@@ -319,8 +401,8 @@ export class SaeEngine {
    * @param batch Per hook, the step's activations `[rows, D]` row-major; undefined keeps the last.
    * @param lr The step's learning rate.
    * @param report Whether to read the figures back.
-   * @returns On a reporting step: each SAE's loss, then each SAE's L0 (mean positive features
-   *   per token); else undefined.
+   * @returns On a reporting step: each SAE's loss, each JSAE pair's λ-weighted Jacobian term, then
+   *   each SAE's L0 (mean positive features per token); else undefined.
    * @throws {RangeError} If a hook's batch is missing or has another size.
    */
   async step(
@@ -357,7 +439,8 @@ export class SaeEngine {
     if (!device.features.has("timestamp-query")) return undefined;
     this.#begin(undefined, lr);
     const labels: string[] = [];
-    const count = 2 * (this.#micros.length * this.#hooks.length * 8 + this.#hooks.length + 3);
+    const [micros, hooks, pairs] = [this.#micros, this.#hooks, this.#pairs].map((a) => a.length);
+    const count = 2 * (micros * (hooks * 8 + pairs * 4) + pairs * 4 + hooks + 3);
     const set = device.createQuerySet({ type: "timestamp", count });
     const resolved = device.createBuffer({
       size: count * 8,
@@ -415,18 +498,25 @@ export class SaeEngine {
       dispatch(one, kernel, group, count);
       one.end();
     };
-    encoder.clearBuffer(this.#grads);
+    for (const b of [this.#grads, ...this.#pairs.flatMap((p) => p.scratch)]) encoder.clearBuffer(b);
     for (const [m, micro] of this.#micros.entries()) {
       for (const h of this.#hooks) encoder.clearBuffer(h.mask);
       open();
-      for (const h of this.#hooks) {
-        for (const p of h.passes[m]!) run(p.kernel, p.group, p.count(micro.count));
-      }
+      const steps = [
+        ...(m === 0 ? this.#pairs.flatMap((p) => p.before) : []),
+        ...this.#hooks.flatMap((h) => h.passes[m]!),
+        ...this.#pairs.flatMap((p) => p.passes[m]!),
+      ];
+      for (const s of steps) run(s.kernel, s.group, s.count(micro.count));
       pass?.end();
     }
     open();
-    for (const h of this.#hooks) run(h.bias.kernel, h.bias.group, h.view.d);
-    for (const o of this.#optimizer) run(o.kernel, o.group, o.count);
+    const last = [
+      ...this.#pairs.flatMap((p) => p.after),
+      ...this.#hooks.map((h) => h.bias),
+      ...this.#optimizer,
+    ];
+    for (const s of last) run(s.kernel, s.group, s.count(0));
     pass?.end();
   }
 
@@ -510,4 +600,155 @@ export class SaeEngine {
       ]),
     );
   }
+}
+
+/** What one JSAE pair's dispatches bind to. */
+interface PairInputs {
+  up: HookState;
+  down: HookState;
+  mlp: MlpWeights;
+  lambda: number;
+  micro: number;
+  micros: { rows: GPUBuffer }[];
+  params: GPUBuffer;
+  grads: GPUBuffer;
+  figurePartials: GPUBuffer;
+  figures: number;
+  blocksPerMicro: number;
+}
+
+// The Jacobian term's buffers and dispatches for one pair (see `kernels/jacobian.ts`): the MLP's
+// weights are uploaded once (the model is frozen), the factors are formed once per step.
+async function jacobianPair(
+  device: GPUDevice,
+  buffer: (label: string, contents: number | Float32Array) => GPUBuffer,
+  p: PairInputs,
+): Promise<PairState> {
+  const { up, down } = p;
+  const [d, m, k] = [up.view.d, p.mlp.wFc.shape[1], up.view.k];
+  const [fIn, fOut] = [up.view.width, down.view.width];
+  const weights = new Float32Array(2 * d * m + m);
+  weights.set((await p.mlp.wFc.data()) as Float32Array, 0);
+  weights.set((await p.mlp.bFc.data()) as Float32Array, d * m);
+  weights.set((await p.mlp.wProj.data()) as Float32Array, d * m + m);
+  const proj = d * m + m;
+  const mlp = buffer("mlp", weights);
+  const [a, bt, da, dbt] = [fIn, fOut, fIn, fOut].map((f) => buffer("jacobian factor", f * m * 4));
+  const g = buffer("gelu'", p.micro * m * 4);
+  const dj = buffer("dJ", p.micro * k * k * 4);
+  const kernels = await jacobianKernels(device, {
+    d,
+    m,
+    k,
+    fIn,
+    fOut,
+    lambda: p.lambda,
+    blocksPerMicro: p.blocksPerMicro,
+    figures: p.figures,
+  });
+  const rowMajor = (offset: number, cols: number) => ({ offset, rowStride: cols, colStride: 1 });
+  const product = async (
+    label: string,
+    shape: MatmulShape,
+    inputs: [GPUBuffer, GPUBuffer, GPUBuffer],
+  ): Promise<Dispatch> => {
+    const kernel = await stridedMatmulKernel(device, label, shape);
+    return {
+      kernel,
+      group: bindBuffers(device, kernel, inputs),
+      count: () => shape.rows * shape.cols,
+    };
+  };
+  const before = [
+    // A = W_dec_in · W_fc
+    await product("jacobian A", {
+      rows: fIn,
+      cols: m,
+      inner: d,
+      a: rowMajor(up.view.wDec, d),
+      b: rowMajor(0, m),
+      c: rowMajor(0, m),
+      accumulate: false,
+    }, [p.params, mlp, a]),
+    // Bᵀ[f, ·] = Σ_d W_enc_out[d, f] · W_proj[·, d]
+    await product("jacobian Bt", {
+      rows: fOut,
+      cols: m,
+      inner: d,
+      a: { offset: down.view.wEnc, rowStride: 1, colStride: down.view.ld },
+      b: { offset: proj, rowStride: 1, colStride: d },
+      c: rowMajor(0, m),
+      accumulate: false,
+    }, [p.params, mlp, bt]),
+  ];
+  const after = [
+    // ∂W_dec_in += ∂A · W_fcᵀ
+    await product("jacobian dW_dec", {
+      rows: fIn,
+      cols: d,
+      inner: m,
+      a: rowMajor(0, m),
+      b: { offset: 0, rowStride: 1, colStride: m },
+      c: rowMajor(up.view.wDec, d),
+      accumulate: true,
+    }, [da, mlp, p.grads]),
+    // ∂W_enc_out += W_projᵀ · ∂Bᵀᵀ
+    await product("jacobian dW_enc", {
+      rows: d,
+      cols: fOut,
+      inner: m,
+      a: { offset: proj, rowStride: 1, colStride: d },
+      b: { offset: 0, rowStride: 1, colStride: m },
+      c: rowMajor(down.view.wEnc, down.view.ld),
+      accumulate: true,
+    }, [mlp, dbt, p.grads]),
+  ];
+  const passes = p.micros.map(({ rows }) => [
+    {
+      kernel: kernels.gelu,
+      group: bindBuffers(device, kernels.gelu, [up.x, mlp, g, rows]),
+      count: (n: number) => n * m,
+    },
+    {
+      kernel: kernels.forward,
+      group: bindBuffers(device, kernels.forward, [
+        up.idx,
+        down.idx,
+        a,
+        bt,
+        g,
+        dj,
+        p.figurePartials,
+        rows,
+      ]),
+      count: (n: number) => n * k * k,
+    },
+    {
+      kernel: kernels.backIn,
+      group: bindBuffers(device, kernels.backIn, [
+        up.lists,
+        up.starts,
+        dj,
+        down.idx,
+        bt,
+        g,
+        da,
+      ]),
+      count: () => fIn,
+    },
+    {
+      kernel: kernels.backOut,
+      group: bindBuffers(device, kernels.backOut, [
+        down.lists,
+        down.starts,
+        dj,
+        up.idx,
+        a,
+        g,
+        dbt,
+      ]),
+      count: () => fOut,
+    },
+  ]);
+  return { scratch: [da!, dbt!], before, passes, after };
 }

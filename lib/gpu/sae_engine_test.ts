@@ -1,8 +1,10 @@
 import * as tf from "@tensorflow/tfjs";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
 import { buildSaes, type SaeConfig, type SaeSet } from "../sae/architectures.ts";
-import { layoutPosition, type Position } from "../sae/positions.ts";
+import { jacobianLoss, type MlpWeights } from "../sae/jacobian.ts";
+import { layoutPosition, type Position, type SaePair } from "../sae/positions.ts";
 import { decode, encode, reconstructionLoss } from "../sae/sae.ts";
+import { createRng, normalArray } from "../util/rng.ts";
 import { SaeEngine } from "./sae_engine.ts";
 import { assertClose, gpuTest, randomizeParams, randomRows } from "./testdata/harness.ts";
 
@@ -17,31 +19,53 @@ interface Case {
   gradClip: number;
   weightDecay?: number;
   decays?: (name: string, shape: readonly number[]) => boolean;
+  /** JSAE: the MLP width and λ. */
+  jsae?: { m: number; lambda: number };
+}
+
+/** JSAE pairs with random MLPs between them. */
+interface Jacobian {
+  pairs: readonly SaePair[];
+  mlp: (pair: SaePair) => MlpWeights;
+  lambda: number;
 }
 
 const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8 };
 const LR = [1e-3, 2e-3];
 
-/** The reference step of `trainSaes`: summed losses, one backward pass, clipping, AdamW. */
+/**
+ * The reference step of `trainSaes`: summed losses (plus λ·L_J per JSAE pair, from the features'
+ * index sets), one backward pass, clipping, AdamW.
+ */
 function referenceStep(
   saes: SaeSet,
   optimizer: AdamW,
   x: Map<string, tf.Tensor2D>,
   gradClip: number,
   lr: number,
+  jacobian?: Jacobian,
 ): number[] {
   const vars = [...saes.params.values()];
   return tf.tidy(() => {
     const figures: tf.Tensor[] = [];
     const { grads } = tf.variableGrads(() => {
-      const losses = saes.hooks.map((h) => {
+      const features = new Map<string, tf.Tensor2D>();
+      const l0s: tf.Tensor[] = [];
+      const terms = saes.hooks.map((h) => {
         const w = saes.weights(h);
         const f = encode(w, x.get(h)!, saes.k);
-        figures.push(tf.keep(f.greater(0).sum(1).mean().cast("float32")));
+        features.set(h, f);
+        l0s.push(tf.keep(f.greater(0).sum(1).mean().cast("float32")));
         return reconstructionLoss(x.get(h)!, decode(w, f));
       });
-      figures.unshift(...losses.map((l) => tf.keep(l.clone())));
-      return tf.addN(losses) as tf.Scalar;
+      for (const p of jacobian?.pairs ?? []) {
+        const [up, down] = [saes.weights(p.up), saes.weights(p.down)];
+        const [fUp, fDown] = [features.get(p.up)!, features.get(p.down)!];
+        const loss = jacobianLoss(up, down, jacobian!.mlp(p), x.get(p.up)!, fUp, fDown, saes.k);
+        terms.push(loss.mul(jacobian!.lambda));
+      }
+      figures.push(...terms.map((l) => tf.keep(l.clone())), ...l0s);
+      return tf.addN(terms) as tf.Scalar;
     }, vars);
     const named = new Map([...saes.params.keys()].map((n, i) => [n, grads[vars[i]!.name]!]));
     optimizer.update(clipGlobalNorm(named, gradClip).grads, lr);
@@ -59,7 +83,18 @@ function prepare(c: Case) {
   const batches = LR.map((_, s) =>
     new Map(layout.hooks.map((h, i) => [h, randomRows(c.rows, c.d, 100 * s + i)]))
   );
-  return { ours, theirs, settings, batches, layout };
+  let jacobian: Jacobian | undefined;
+  if (c.jsae !== undefined) {
+    const { m, lambda } = c.jsae;
+    const rng = createRng(7);
+    const mlps = layout.pairs.map(() => ({
+      wFc: tf.tensor2d(normalArray(rng, c.d * m, 0.3), [c.d, m]),
+      bFc: tf.tensor1d(normalArray(rng, m, 0.3)),
+      wProj: tf.tensor2d(normalArray(rng, m * c.d, 0.3), [m, c.d]),
+    }));
+    jacobian = { pairs: layout.pairs, mlp: (p) => mlps[layout.pairs.indexOf(p)]!, lambda };
+  }
+  return { ours, theirs, settings, batches, layout, jacobian };
 }
 
 const cases: Case[] = [
@@ -121,6 +156,17 @@ const cases: Case[] = [
     gradClip: 1,
   },
   {
+    name: "jsae, two pairs, micro-batches of 64",
+    sae: { arch: "jsae", features: 40, k: 4, jsaeLambda: 0.05 },
+    position: "mlp",
+    nLayer: 2,
+    d: 16,
+    rows: 100,
+    microRows: 64,
+    gradClip: 1,
+    jsae: { m: 48, lambda: 0.05 },
+  },
+  {
     name: "staircase, two chains (mlp-block)",
     sae: { arch: "staircase", features: 20, k: 3, jsaeLambda: 0 },
     position: "mlp-block",
@@ -136,7 +182,7 @@ for (const c of cases) {
   gpuTest(
     `engine step equals the reference step: parameters, moments, figures (${c.name})`,
     async (g) => {
-      const { ours, theirs, settings, batches, layout } = prepare(c);
+      const { ours, theirs, settings, batches, layout, jacobian } = prepare(c);
       const engine = await SaeEngine.create(g, {
         saes: ours,
         sae: c.sae,
@@ -144,6 +190,7 @@ for (const c of cases) {
         microRows: c.microRows,
         adam: { ...settings, decays: c.decays },
         gradClip: c.gradClip,
+        jacobian,
       });
       const optimizer = new AdamW(theirs.params, { ...settings, decays: c.decays });
       for (const [s, lr] of LR.entries()) {
@@ -151,9 +198,9 @@ for (const c of cases) {
         const x = new Map(
           layout.hooks.map((h) => [h, tf.tensor2d(batches[s]!.get(h)!, [c.rows, c.d])]),
         );
-        const want = referenceStep(theirs, optimizer, x, c.gradClip, lr);
+        const want = referenceStep(theirs, optimizer, x, c.gradClip, lr, jacobian);
         tf.dispose([...x.values()]);
-        assertClose(got!, want, `${c.name}: step ${s + 1} losses and L0`);
+        assertClose(got!, want, `${c.name}: step ${s + 1} losses (and Jacobian terms), L0`);
         // After one step m = (1 − β₁)·clipped gradient: the gradients themselves, checked.
         const [mine, ref] = [await engine.state(), await optimizer.state()];
         for (const [name, t] of ref.tensors) {

@@ -9,6 +9,8 @@
 import * as tf from "@tensorflow/tfjs";
 import type { AdamWState } from "../optim/adamw.ts";
 import type { SaeConfig, SaeSet } from "../sae/architectures.ts";
+import type { MlpWeights } from "../sae/jacobian.ts";
+import type { SaePair } from "../sae/positions.ts";
 import type { SaeTrainConfig } from "../sae/train.ts";
 import { requestGpu } from "./device.ts";
 import { ENGINE_ARCHITECTURES, SaeEngine } from "./sae_engine.ts";
@@ -25,6 +27,8 @@ export interface EngineChoice {
   seqLen: number;
   /** The optimizer state to continue from (a resumed run), if any. */
   resume?: AdamWState;
+  /** JSAE: the pairs, the MLP between each, and λ. */
+  jacobian?: { pairs: readonly SaePair[]; mlp: (pair: SaePair) => MlpWeights; lambda: number };
 }
 
 /**
@@ -38,8 +42,10 @@ export async function chooseSaeEngine(
   o: EngineChoice,
 ): Promise<{ engine: SaeEngine; line: string } | { engine?: undefined; line?: string }> {
   if (tf.getBackend() !== "webgpu") return {};
-  if (!ENGINE_ARCHITECTURES.includes(o.sae.arch)) {
-    return { line: `SAE steps: tfjs webgpu ops (the GPU engine does not train "${o.sae.arch}")` };
+  if (!ENGINE_ARCHITECTURES.includes(o.sae.arch) || (o.sae.arch === "jsae" && !o.jacobian)) {
+    return {
+      line: `SAE steps: tfjs webgpu ops (the GPU engine does not train "${o.sae.arch}" here)`,
+    };
   }
   const gpu = await requestGpu();
   if (typeof gpu === "string") return { line: `SAE steps: tfjs webgpu ops (no engine: ${gpu})` };
@@ -51,6 +57,7 @@ export async function chooseSaeEngine(
     microRows: train.microBatch === undefined ? undefined : train.microBatch * o.seqLen,
     adam: { beta1: train.beta1, beta2: train.beta2, eps: 1e-8, weightDecay: train.weightDecay },
     gradClip: train.gradClip,
+    jacobian: o.jacobian,
   });
   if (o.resume !== undefined) await engine.load(o.resume);
   return { engine, line: `SAE steps: WebGPU engine on ${gpu.adapter}` };

@@ -2,14 +2,15 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
-import { layoutPosition } from "../sae/positions.ts";
+import { jacobianLoss } from "../sae/jacobian.ts";
+import { layoutPosition, type PositionLayout } from "../sae/positions.ts";
 import {
   type ActivationSource,
   SAE_TRAIN_DEFAULTS,
   trainSaes,
   type TrainSaesOptions,
 } from "../sae/train.ts";
-import { createRng } from "../util/rng.ts";
+import { createRng, normalArray } from "../util/rng.ts";
 import { assertClose, gpuTest } from "./testdata/harness.ts";
 
 const D = 8, SEQ = 4;
@@ -17,7 +18,7 @@ const layout = layoutPosition("mlp-block", 1);
 const sae: SaeConfig = { arch: "staircase", features: 16, k: 3, jsaeLambda: 0 };
 
 /** Activations made of 2 of 12 random directions per token, so the SAEs have something to learn. */
-function source(tokens: number): ActivationSource {
+function source(tokens: number, layout: PositionLayout): ActivationSource {
   const rng = createRng(4);
   const dirs = Array.from({ length: 12 }, () => Array.from({ length: D }, () => rng.normal()));
   const data = new Map(layout.hooks.map((h) => {
@@ -46,7 +47,7 @@ function options(outDir: string, extra: Partial<TrainSaesOptions> = {}): TrainSa
     train: { ...SAE_TRAIN_DEFAULTS, steps: 12, batch: 16, warmup: 3, lr: 1e-2, logEvery: 1 },
     seqLen: SEQ,
     d: D,
-    data: source(400),
+    data: source(400, layout),
     outDir,
     provenance: {},
     log: () => {},
@@ -96,6 +97,64 @@ gpuTest(
       );
     } finally {
       await tf.setBackend("cpu");
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+gpuTest(
+  "trainSaes() trains JSAEs through the engine when given the MLPs: same run as on cpu",
+  async () => {
+    const layout = layoutPosition("mlp", 1);
+    const config: SaeConfig = { arch: "jsae", features: 16, k: 3, jsaeLambda: 0.02 };
+    const rng = createRng(9);
+    const mlp = {
+      wFc: tf.tensor2d(normalArray(rng, D * 32, 0.3), [D, 32]),
+      bFc: tf.tensor1d(normalArray(rng, 32, 0.3)),
+      wProj: tf.tensor2d(normalArray(rng, 32 * D, 0.3), [32, D]),
+    };
+    const dir = await Deno.makeTempDir();
+    const run = async (name: string) => {
+      const lines: string[] = [];
+      const saes = buildSaes(config, layout, D, 0);
+      const result = await trainSaes({
+        ...options(`${dir}/${name}`, { log: (l) => lines.push(l), data: source(400, layout) }),
+        saes,
+        sae: config,
+        jacobian: {
+          pairs: layout.pairs,
+          loss: (p, x, f) =>
+            jacobianLoss(
+              saes.weights(p.up),
+              saes.weights(p.down),
+              mlp,
+              x.get(p.up)!,
+              f.get(p.up)!,
+              f.get(p.down)!,
+              config.k,
+            ),
+          mlp: () => mlp,
+        },
+      });
+      saes.dispose();
+      return { result, lines, ckpt: (await loadCheckpoint(`${dir}/${name}`))! };
+    };
+    const cpu = await run("cpu");
+    await import("@tensorflow/tfjs-backend-webgpu");
+    assert.ok(await tf.setBackend("webgpu"), "tfjs webgpu starts");
+    try {
+      const gpu = await run("gpu");
+      assert.ok(gpu.lines.some((l) => l.startsWith("SAE steps: WebGPU engine on ")), gpu.lines[0]);
+      for (const [name, p] of Object.entries(cpu.ckpt.params)) {
+        assertClose(gpu.ckpt.params[name]!.data, p.data, `${name} after 12 steps`);
+      }
+      // The logged totals: both reconstruction losses plus the Jacobian term, printed to 4 decimals.
+      const figures = (lines: string[]) =>
+        lines.filter((l) => l.startsWith("step")).map((l) => Number(l.match(/loss ([\d.]+)/)![1]));
+      assertClose(figures(gpu.lines), figures(cpu.lines), "logged total losses", 1e-3);
+    } finally {
+      await tf.setBackend("cpu");
+      tf.dispose(Object.values(mlp));
       await Deno.remove(dir, { recursive: true });
     }
   },

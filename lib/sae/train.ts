@@ -15,6 +15,7 @@ import { runState } from "../optim/resume.ts";
 import { warmupCosine } from "../optim/schedule.ts";
 import { type LoopResult, runTrainingLoop } from "../optim/training_loop.ts";
 import type { SaeConfig, SaeSet } from "./architectures.ts";
+import type { MlpWeights } from "./jacobian.ts";
 import type { SaePair } from "./positions.ts";
 import { decode, encode, reconstructionLoss } from "./sae.ts";
 import { restoreParams } from "./sae_checkpoint.ts";
@@ -101,8 +102,12 @@ export interface TrainSaesOptions {
   d: number;
   /** Training activations. */
   data: ActivationSource;
-  /** JSAE: the pairs and their Jacobian loss (weighted by `sae.jsaeLambda` here). */
-  jacobian?: { pairs: readonly SaePair[]; loss: PairLoss };
+  /**
+   * JSAE: the pairs and their Jacobian loss (weighted by `sae.jsaeLambda` here), and the MLP
+   * between each pair: with it the GPU engine computes the term itself on the `webgpu` backend;
+   * without it JSAE steps run through tfjs there.
+   */
+  jacobian?: { pairs: readonly SaePair[]; loss: PairLoss; mlp?: (pair: SaePair) => MlpWeights };
   /** Checkpoint folder. */
   outDir: string;
   /** Saved beside the SAEs (model checkpoint, position, cache key…). */
@@ -157,15 +162,17 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   if (o.data.tokens < rows) {
     throw new RangeError(`Cannot train SAEs on ${o.data.tokens} tokens: one batch needs ${rows}`);
   }
-  // On the webgpu backend the engine runs the whole step in fused kernels; JSAE's Jacobian term
-  // is not in it yet, so JSAE stays on the reference path.
-  const { engine, line } = o.jacobian === undefined
+  // On the webgpu backend the engine runs the whole step in fused kernels (JSAE only when it
+  // has the MLPs to compute the Jacobian term with).
+  const mlp = o.jacobian?.mlp;
+  const { engine, line } = o.jacobian === undefined || mlp !== undefined
     ? await chooseSaeEngine({
       saes,
       sae: o.sae,
       train: cfg,
       seqLen: o.seqLen,
       resume: run.kind === "resume" ? await optimizer.state() : undefined,
+      jacobian: o.jacobian && { pairs: o.jacobian.pairs, mlp: mlp!, lambda: o.sae.jsaeLambda },
     })
     : {};
   if (line !== undefined) log(line);

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { rowsUniform, uniformBuffer } from "../device.ts";
 import {
   assertClose,
+  featureLists,
   gpuTest,
   randomRows,
   readF32,
@@ -20,16 +21,13 @@ for (const [rows, d, features, k, trainFrom] of [[150, 80, 40, 6, 0], [70, 16, 3
       const offset = 2;
       const x = randomRows(offset + rows!, d!, 8);
       const ref = await referenceSae(saes, view.hook, x.subarray(offset * d!), rows!);
-      const lists: number[][] = Array.from({ length: features! }, () => []);
-      for (let e = 0; e < rows! * k!; e++) lists[ref.idx[e]!]!.push(e);
-      const starts = [0];
-      for (const l of lists) starts.push(starts.at(-1)! + l.length);
+      const { lists, starts } = featureLists(ref.idx, features!);
       const kernel = await featureGradsKernel(g.device, { ...view, trainFrom: trainFrom! });
       // Gradients are added to what the buffer holds: start from ones.
       const grads = upload(g, new Float32Array(layout.length).fill(1));
       await runKernel(g, kernel, [
-        upload(g, Uint32Array.from(lists.flat())),
-        upload(g, Uint32Array.from(starts)),
+        upload(g, lists),
+        upload(g, starts),
         upload(g, ref.val),
         upload(g, ref.dpre),
         upload(g, ref.dxhat),

@@ -274,3 +274,21 @@ export async function topkFixture(d: number, features: number, k: number, seed: 
   const layout = layoutParams(saes, config);
   return { saes, layout, view: layout.saes[0]!, flat: await flatParams(saes, layout) };
 }
+
+/**
+ * The per-feature lists of kept pairs (`feature_lists.ts`), computed on the CPU.
+ *
+ * @param idx Kept indices `[rows, k]`.
+ * @param width Features.
+ * @returns Lists (pair indices in row order, feature after feature) and their starts.
+ */
+export function featureLists(idx: Uint32Array, width: number): {
+  lists: Uint32Array;
+  starts: Uint32Array;
+} {
+  const lists: number[][] = Array.from({ length: width }, () => []);
+  idx.forEach((j, e) => lists[j]!.push(e));
+  const starts = [0];
+  for (const l of lists) starts.push(starts.at(-1)! + l.length);
+  return { lists: Uint32Array.from(lists.flat()), starts: Uint32Array.from(starts) };
+}
