@@ -28,13 +28,15 @@ export async function peerPython(): Promise<string | undefined> {
  *
  * @param script Path of `peer_torch.py`.
  * @param args More arguments (`--reps`, `--device`, `--case`…).
+ * @param python The Python to run it with. @default {@link peerPython}'s
  * @returns Case name → median milliseconds, or why the peer did not run.
  */
 export async function torchPeer(
   script: string,
   args: string[],
+  python?: string,
 ): Promise<Map<string, number> | string> {
-  const python = await peerPython();
+  python ??= await peerPython();
   if (python === undefined) {
     return "no python3 with PyTorch (Debian: apt-get install python3-torch)";
   }
