@@ -2,8 +2,9 @@
  * The GPU benchmark (`deno task bench --gpu`, and `bench/gpu.ts` for hosts without Deno's cache):
  * the paper-shape TopK SAE step through the WebGPU engine against PyTorch CUDA
  * (`tests/bench/peer_torch.py --device cuda`) and against stock tfjs `webgpu`, the toy-GPT step on
- * stock tfjs `webgpu` against PyTorch CUDA, and the wall time of a toy SAE training run (7,500
- * steps of 128 × 128 tokens) at each position through the engine. Same rows as the CPU bench.
+ * stock tfjs `webgpu` against PyTorch CUDA, SCALAR attribution of one toy pair on stock tfjs
+ * `webgpu` (hardware adapters only), and the wall time of a toy SAE training run (7,500 steps of
+ * 128 × 128 tokens) at each position through the engine. Same rows as the CPU bench.
  *
  * Each configuration runs in a child process (the caller says how to start one), so tfjs's
  * global backend and each configuration's GPU memory do not carry over. On a software adapter
@@ -17,6 +18,7 @@ import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS, trainSaes } from "../sae/train.ts";
 import { createRng, normalArray } from "../util/rng.ts";
+import { attributionBatched } from "./attribution_case.ts";
 import { gptTrainStep, SAE_CASE, saeEngineStep, saeTopkStep, timeCase } from "./cases.ts";
 import { type BenchRow, benchRow, formatRows } from "./rows.ts";
 import { torchPeer } from "./peer.ts";
@@ -89,6 +91,21 @@ export async function runGpuConfig(
       });
       c.dispose();
     }
+    // Whether tfjs's own WebGPU kernels suffice for SCALAR attribution: one sampled batch, scaled
+    // to the pair (about half an hour on llvmpipe, so only on a GPU).
+    if (gpu.software) {
+      console.error("attribution skipped: a software adapter takes about half an hour for it");
+      return;
+    }
+    const a = attributionBatched(0);
+    const { medianMs } = await timeCase(a, 1, 1);
+    print({
+      name: a.name,
+      config,
+      ms: medianMs * a.timeScale,
+      detail: `${a.detail}; tfjs webgpu (${gpu.adapter})`,
+    });
+    a.dispose();
     return;
   }
   for (const { position, arch } of RUNS) {

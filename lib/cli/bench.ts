@@ -115,9 +115,9 @@ pair). Prints median step times and ratio = baseline_ms / ours_ms (above 1: we a
 
 With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/gpu/) and through
 stock tfjs webgpu, (b) on stock tfjs webgpu, both against PyTorch CUDA (peer_torch.py --device
-cuda, when python3 has CUDA torch), and the wall time of a toy SAE training run (7,500 steps of
-128 × 128 tokens) at each position through the engine. A software adapter (llvmpipe) runs it all
-for correctness and says so.
+cuda, when python3 has CUDA torch), (d) batched on stock tfjs webgpu (GPUs only), and the wall
+time of a toy SAE training run (7,500 steps of 128 × 128 tokens) at each position through the
+engine. A software adapter (llvmpipe) runs it for correctness and says so.
 
 Options:
   --json          one JSON object per row: name, ours_ms, peer_ms, ratio, backend

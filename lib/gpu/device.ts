@@ -1,7 +1,8 @@
 /**
  * The WebGPU device the project's own compute kernels run on, and the few buffer and pipeline
  * helpers every kernel shares. One device per process, requested with the adapter's largest
- * buffer limits (an SAE batch's pre-activations pass WebGPU's default 128 MiB binding limit).
+ * buffer and workgroup-memory limits (an SAE batch's pre-activations pass WebGPU's default
+ * 128 MiB binding limit).
  *
  * The device is the engine's own, not tfjs's: the engine reads and writes tfjs variables through
  * their values only, so it works beside any tfjs backend, and kernel tests need no tfjs WebGPU.
@@ -54,6 +55,8 @@ async function acquire(): Promise<Gpu | string> {
       requiredLimits: {
         maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
         maxBufferSize: limits.maxBufferSize,
+        // The gradient gather stages 32·D bytes per workgroup: GPT-2's D = 768 needs 24 KiB.
+        maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
       },
     });
     device.addEventListener("uncapturederror", (e) => {
