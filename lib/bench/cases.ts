@@ -90,12 +90,18 @@ export function saeTopkStep(seed = 0): BenchCase {
  *
  * @param gpu The device.
  * @param seed Seed of the data and initial weights.
- * @returns The prepared case, which can also time one step kernel by kernel (`profile`).
+ * @returns The prepared case, which can also time one step kernel by kernel (`profile`) and
+ *   steps submitted back to back, read once at the end (`backToBack`: ms per step).
  */
 export async function saeEngineStep(
   gpu: Gpu,
   seed = 0,
-): Promise<BenchCase & { profile(): Promise<{ kernel: string; ms: number }[] | undefined> }> {
+): Promise<
+  BenchCase & {
+    profile(): Promise<{ kernel: string; ms: number }[] | undefined>;
+    backToBack(steps: number): Promise<number>;
+  }
+> {
   const { tokens, d, features, k } = SAE_CASE;
   const sae: SaeConfig = { arch: "topk", features, k, jsaeLambda: 0 };
   const saes = buildSaes(
@@ -123,6 +129,11 @@ export async function saeEngineStep(
       batch = undefined;
     },
     profile: () => engine.profile(1e-3),
+    async backToBack(steps) {
+      const t0 = performance.now();
+      for (let i = 1; i <= steps; i++) await engine.step(undefined, 1e-3, i === steps);
+      return (performance.now() - t0) / steps;
+    },
     dispose() {
       engine.dispose();
       saes.dispose();
