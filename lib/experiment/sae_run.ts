@@ -228,6 +228,8 @@ export async function runSaeExperiment(
                 f.get(pair.down)!,
                 saes.k,
               ),
+            // The GPU engine computes the same term from the MLP's weights.
+            mlp: (pair) => mlp(pair.layer),
           }
           : undefined,
         outDir: `${runDir}/saes`,
