@@ -16,7 +16,6 @@ import {
   type RunInSlurm,
   saveSubmission,
 } from "../slurm/submission.ts";
-import { shardDir } from "../store/shards.ts";
 import { UsageError } from "./args.ts";
 
 /** The options of `run` that submit to Slurm. */
@@ -165,7 +164,7 @@ export async function submitGrid(input: SubmitGridInput): Promise<number> {
     main: MAIN,
     folder,
     runs: ids,
-    shards: shardDir(db),
+    db,
     maxParallel,
     backend: input.backend,
     resources,

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { shardPath } from "../store/shards.ts";
 
 /** Resources every job of a grid asks Slurm for; unset ones take the cluster's defaults. */
 export interface SlurmResources {
@@ -39,8 +40,8 @@ export interface GridScriptsPlan {
   folder: string;
   /** The run ids, index i of the array running line i + 1 of `runs.txt`. */
   runs: readonly string[];
-  /** The folder of the shards, as the tasks' `--db` paths start (relative to `workDir`). */
-  shards: string;
+  /** The results database, as the user named it (its shards go beside it). */
+  db: string;
   /** At most this many array tasks at a time (`--array=…%N`). */
   maxParallel?: number;
   /** `--backend` for every job, when the user chose one. */
@@ -131,6 +132,9 @@ export function gridScripts(p: GridScriptsPlan): { prepare: string; array: strin
   const runsFile = shellQuote(`${p.folder}/${SUBMISSION_FILES.runs}`);
   const logs = `${p.folder}/${SUBMISSION_FILES.logs}`;
   const backend = p.backend ? ` --backend ${shellQuote(p.backend)}` : "";
+  // The shard path of run "$id", the shell filling in the id.
+  const [before, after] = shardPath(p.db, "\n").split("\n");
+  const shard = `${shellQuote(before!)}"$id"${shellQuote(after!)}`;
   const head = (name: string, output: string, about: string[]) => [
     "#!/bin/bash",
     `# SCALAR lab, experiment "${p.experiment}" (${p.manifest}):`,
@@ -155,7 +159,7 @@ export function gridScripts(p: GridScriptsPlan): { prepare: string; array: strin
     ...head(`scalar-${p.experiment}`, `${logs}/%A_%a.out`, [
       `its ${p.runs.length} runs as one job array. Task i runs the run on line i + 1 of ` +
       `${SUBMISSION_FILES.runs}`,
-      `and writes its results to its own DuckDB shard ${p.shards}/<run id>.duckdb, which`,
+      `and writes its results to its own DuckDB shard ${shardPath(p.db, "<run id>")}, which`,
       "`deno task merge` (and plan, report, query) imports into the results database.",
       `Submit it after ${SUBMISSION_FILES.prepare}: ` +
       `sbatch --dependency=afterok:<its job id> ${SUBMISSION_FILES.array}`,
@@ -165,7 +169,7 @@ export function gridScripts(p: GridScriptsPlan): { prepare: string; array: strin
     `cd ${shellQuote(p.workDir)}`,
     `id=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" ${runsFile})`,
     `echo "array task $SLURM_ARRAY_TASK_ID of job $SLURM_ARRAY_JOB_ID: run $id"`,
-    `exec ${program(p)} --run-id "$id" --db ${shellQuote(p.shards)}/"$id".duckdb --yes${backend}`,
+    `exec ${program(p)} --run-id "$id" --db ${shard} --yes${backend}`,
     "",
   ];
   return { prepare: prepare.join("\n"), array: array.join("\n") };

@@ -25,7 +25,7 @@ async function fakePlan(overrides: Partial<GridScriptsPlan> = {}) {
     main: "/opt/scalar lab/main.ts",
     folder,
     runs,
-    shards: "results/shards",
+    db: "results/scalar.duckdb",
     resources: {},
     ...overrides,
   };
@@ -73,6 +73,10 @@ Deno.test("the array task i runs the run on line i + 1 into its own shard", asyn
       "--backend",
       "wasm",
     ]);
+    // A results folder with a space in its name still gives one --db argument.
+    const spaced = gridScripts({ ...plan, db: "my results/scalar.duckdb" }).array;
+    const args = await execute(spaced, { SLURM_ARRAY_TASK_ID: "2", SLURM_ARRAY_JOB_ID: "77" });
+    equal(args[args.indexOf("--db") + 1], "my results/shards/cccccccccccc.duckdb");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
