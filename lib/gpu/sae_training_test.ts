@@ -3,42 +3,15 @@ import * as tf from "@tensorflow/tfjs";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
 import { jacobianLoss } from "../sae/jacobian.ts";
-import { layoutPosition, type PositionLayout } from "../sae/positions.ts";
-import {
-  type ActivationSource,
-  SAE_TRAIN_DEFAULTS,
-  trainSaes,
-  type TrainSaesOptions,
-} from "../sae/train.ts";
+import { layoutPosition } from "../sae/positions.ts";
+import { sparseSource } from "../sae/testdata/sparse_source.ts";
+import { SAE_TRAIN_DEFAULTS, trainSaes, type TrainSaesOptions } from "../sae/train.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 import { assertClose, gpuTest } from "./testdata/harness.ts";
 
 const D = 8, SEQ = 4;
 const layout = layoutPosition("mlp-block", 1);
 const sae: SaeConfig = { arch: "staircase", features: 16, k: 3, jsaeLambda: 0 };
-
-/** Activations made of 2 of 12 random directions per token, so the SAEs have something to learn. */
-function source(tokens: number, layout: PositionLayout): ActivationSource {
-  const rng = createRng(4);
-  const dirs = Array.from({ length: 12 }, () => Array.from({ length: D }, () => rng.normal()));
-  const data = new Map(layout.hooks.map((h) => {
-    const a = new Float32Array(tokens * D);
-    for (let t = 0; t < tokens; t++) {
-      for (let n = 0; n < 2; n++) {
-        const dir = dirs[rng.int(12)]!, scale = 1 + rng.uniform();
-        for (let i = 0; i < D; i++) a[t * D + i]! += scale * dir[i]!;
-      }
-    }
-    return [h, a];
-  }));
-  return {
-    tokens,
-    batch: (hooks, start, count) =>
-      Promise.resolve(
-        new Map(hooks.map((h) => [h, data.get(h)!.slice(start * D, (start + count) * D)])),
-      ),
-  };
-}
 
 function options(outDir: string, extra: Partial<TrainSaesOptions> = {}): TrainSaesOptions {
   return {
@@ -47,7 +20,7 @@ function options(outDir: string, extra: Partial<TrainSaesOptions> = {}): TrainSa
     train: { ...SAE_TRAIN_DEFAULTS, steps: 12, batch: 16, warmup: 3, lr: 1e-2, logEvery: 1 },
     seqLen: SEQ,
     d: D,
-    data: source(400, layout),
+    data: sparseSource(400, layout.hooks, D),
     outDir,
     provenance: {},
     log: () => {},
@@ -118,7 +91,10 @@ gpuTest(
       const lines: string[] = [];
       const saes = buildSaes(config, layout, D, 0);
       const result = await trainSaes({
-        ...options(`${dir}/${name}`, { log: (l) => lines.push(l), data: source(400, layout) }),
+        ...options(`${dir}/${name}`, {
+          log: (l) => lines.push(l),
+          data: sparseSource(400, layout.hooks, D),
+        }),
         saes,
         sae: config,
         jacobian: {

@@ -1,41 +1,12 @@
 import assert from "node:assert/strict";
 import { buildSaes, type SaeConfig } from "./architectures.ts";
 import { layoutPosition } from "./positions.ts";
-import {
-  type ActivationSource,
-  SAE_TRAIN_DEFAULTS,
-  trainSaes,
-  type TrainSaesOptions,
-} from "./train.ts";
-import { createRng } from "../util/rng.ts";
+import { SAE_TRAIN_DEFAULTS, trainSaes, type TrainSaesOptions } from "./train.ts";
+import { sparseSource } from "./testdata/sparse_source.ts";
 import { loadCheckpoint } from "../model/checkpoint.ts";
 
 const D = 6, SEQ = 4;
 const layout = layoutPosition("mlp-block", 1); // two hooks, one pair
-
-/** Activations made of 2 of 12 random directions per token: an SAE can learn them. */
-function sparseSource(tokens: number, poison?: { hook: string; row: number }): ActivationSource {
-  const rng = createRng(4);
-  const dirs = Array.from({ length: 12 }, () => Array.from({ length: D }, () => rng.normal()));
-  const data = new Map(layout.hooks.map((h) => {
-    const a = new Float32Array(tokens * D);
-    for (let t = 0; t < tokens; t++) {
-      for (let n = 0; n < 2; n++) {
-        const dir = dirs[rng.int(12)]!, scale = 1 + rng.uniform();
-        for (let i = 0; i < D; i++) a[t * D + i]! += scale * dir[i]!;
-      }
-    }
-    if (poison?.hook === h) a[poison.row * D] = NaN;
-    return [h, a];
-  }));
-  return {
-    tokens,
-    batch: (hooks, start, count) =>
-      Promise.resolve(
-        new Map(hooks.map((h) => [h, data.get(h)!.slice(start * D, (start + count) * D)])),
-      ),
-  };
-}
 
 const sae: SaeConfig = { arch: "staircase", features: 12, k: 2, jsaeLambda: 0 };
 
@@ -54,7 +25,7 @@ function options(outDir: string, extra: Partial<TrainSaesOptions> = {}): TrainSa
     },
     seqLen: SEQ,
     d: D,
-    data: sparseSource(400),
+    data: sparseSource(400, layout.hooks, D),
     outDir,
     provenance: {},
     log: () => {},
@@ -99,7 +70,7 @@ Deno.test("trainSaes() interrupted and resumed ends bit-exact with an uninterrup
 Deno.test("trainSaes() fails with the step and the SAE named when a NaN enters training", async () => {
   const dir = await Deno.makeTempDir();
   const o = options(`${dir}/run`, {
-    data: sparseSource(400, { hook: "blocks.0.hook_resid_post", row: 40 }),
+    data: sparseSource(400, layout.hooks, D, { hook: "blocks.0.hook_resid_post", row: 40 }),
   });
   // Row 40 is in the 2nd batch (32 rows each); the loss is checked at every step here.
   await assert.rejects(
