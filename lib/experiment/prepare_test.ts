@@ -1,7 +1,6 @@
 import { deepEqual, equal, match, notEqual } from "node:assert/strict";
-import { GPT, type GPTConfig } from "../model/gpt.ts";
-import { gptTensors } from "../model/gpt_checkpoint.ts";
-import { saveCheckpoint } from "../model/checkpoint.ts";
+import type { GPTConfig } from "../model/gpt.ts";
+import { saveRandomToyModel } from "../model/testdata/tiny_gpt.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import { prepareRuns, sharedWorkKey } from "./prepare.ts";
 import { type SaeRunConfig, SCALAR_DEFAULTS } from "./sae_run.ts";
@@ -54,12 +53,7 @@ Deno.test("prepareRuns() fills one activation cache per distinct position, and r
   const cacheDir = Deno.env.get("SCALAR_CACHE_DIR");
   Deno.env.set("SCALAR_CACHE_DIR", `${dir}/tokens`);
   try {
-    const model = GPT.init(CHAR_TINY, 3);
-    await saveCheckpoint(`${dir}/model`, {
-      config: { format: "scalar-lab/gpt", model: CHAR_TINY, tokenizer: "char" },
-      params: gptTensors(CHAR_TINY, await model.parameterValues()),
-    });
-    model.dispose();
+    await saveRandomToyModel(`${dir}/model`, CHAR_TINY, 3);
     await Deno.writeTextFile(
       `${dir}/text.txt`,
       "To be, or not to be: that is the question.\n".repeat(40),

@@ -6,9 +6,8 @@
  * @module
  */
 import { resolve } from "node:path";
-import { GPT, type GPTConfig } from "../../lib/model/gpt.ts";
-import { gptTensors } from "../../lib/model/gpt_checkpoint.ts";
-import { saveCheckpoint } from "../../lib/model/checkpoint.ts";
+import type { GPTConfig } from "../../lib/model/gpt.ts";
+import { saveRandomToyModel } from "../../lib/model/testdata/tiny_gpt.ts";
 
 /** The program's entry point. */
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -61,12 +60,7 @@ export async function cli(cwd: string, ...args: string[]) {
  */
 export async function setUpTinyGrid(o: { steps?: number } = {}): Promise<string> {
   const dir = await Deno.makeTempDir();
-  const model = GPT.init(TINY, 3);
-  await saveCheckpoint(`${dir}/model`, {
-    config: { format: "scalar-lab/gpt", model: TINY, tokenizer: "char" },
-    params: gptTensors(TINY, await model.parameterValues()),
-  });
-  model.dispose();
+  await saveRandomToyModel(`${dir}/model`, TINY, 3);
   await Deno.writeTextFile(
     `${dir}/grid.yaml`,
     `name: tiny-grid

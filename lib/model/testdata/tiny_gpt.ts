@@ -4,7 +4,9 @@
  *
  * @module
  */
-import type { GPTConfig } from "../gpt.ts";
+import { saveCheckpoint } from "../checkpoint.ts";
+import { GPT, type GPTConfig } from "../gpt.ts";
+import { gptTensors } from "../gpt_checkpoint.ts";
 
 /** 2 layers, 2 heads, d_model 8, MLP 16, context 6, vocabulary 11. */
 export const TINY: Readonly<GPTConfig> = Object.freeze({
@@ -16,3 +18,27 @@ export const TINY: Readonly<GPTConfig> = Object.freeze({
   vocabSize: 11,
   lnEps: 1e-5,
 });
+
+/**
+ * Writes a randomly initialised character-level model as a trained-model folder (what
+ * `deno task train-model` leaves), for tests that need a model on disk.
+ *
+ * @param dir The folder to create.
+ * @param config The model shape.
+ * @param seed The initialisation seed.
+ */
+export async function saveRandomToyModel(
+  dir: string,
+  config: GPTConfig,
+  seed: number,
+): Promise<void> {
+  const model = GPT.init(config, seed);
+  try {
+    await saveCheckpoint(dir, {
+      config: { format: "scalar-lab/gpt", model: config, tokenizer: "char" },
+      params: gptTensors(config, await model.parameterValues()),
+    });
+  } finally {
+    model.dispose();
+  }
+}
