@@ -208,6 +208,21 @@ export function lmStep(
 }
 
 /**
+ * The folder where {@link trainLm} keeps the weights of the best validation loss so far.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { bestModelDir } from "./train.ts";
+ *
+ * equal(bestModelDir("results/models/toy-model"), "results/models/toy-model-best");
+ * ```
+ */
+export function bestModelDir(outDir: string): string {
+  return `${outDir.replace(/\/+$/, "")}-best`;
+}
+
+/**
  * Trains a GPT, resuming from `outDir` when it holds an unfinished checkpoint of the same run.
  *
  * @param opts The model shape, settings, data and output folder.
@@ -270,29 +285,16 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
     },
     async evaluate(step) {
       const valLoss = await evaluateLoss(model, tokens.val, cfg.evalSequences, cfg.microBatch);
+      const best = Math.min(...history.map((p) => p.valLoss));
       history.push({ step, trainLoss: lossSum / lossCount, valLoss });
       lossSum = lossCount = 0;
-      log(`step ${step}: val loss ${valLoss.toFixed(4)}`);
+      log(`step ${step}: val loss ${valLoss.toFixed(4)}${valLoss < best ? " (best)" : ""}`);
+      // The reference keeps the best-validation weights. They go beside the run's folder, not
+      // inside it, because every checkpoint replaces that folder whole.
+      if (valLoss < best) await saveModel(bestModelDir(outDir), step);
     },
     async save(step, finished) {
-      const values = await model.parameterValues();
-      const moments = await optimizer.state();
-      await saveCheckpoint(outDir, {
-        config: {
-          format: "scalar-lab/gpt",
-          model: opts.model,
-          ...opts.provenance,
-          train: cfg,
-          step,
-          history,
-        },
-        params: gptTensors(opts.model, values),
-        // A finished run keeps no optimizer state: it is a model, not a run to resume.
-        state: finished ? undefined : {
-          json: { step, cursor: loader.cursor, history, lossSum, lossCount },
-          tensors: Object.fromEntries(moments.tensors),
-        },
-      });
+      await saveModel(outDir, step, finished ? undefined : await optimizer.state());
     },
     signal: opts.signal,
     log,
@@ -300,4 +302,29 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
   optimizer.dispose();
   model.dispose();
   return { ...result, history };
+
+  /** Saves the model, with the run's resume state when `moments` is given. */
+  async function saveModel(
+    dir: string,
+    step: number,
+    moments?: Awaited<ReturnType<AdamW["state"]>>,
+  ) {
+    const values = await model.parameterValues();
+    await saveCheckpoint(dir, {
+      config: {
+        format: "scalar-lab/gpt",
+        model: opts.model,
+        ...opts.provenance,
+        train: cfg,
+        step,
+        history,
+      },
+      params: gptTensors(opts.model, values),
+      // A finished run keeps no optimizer state: it is a model, not a run to resume.
+      state: moments && {
+        json: { step, cursor: loader.cursor, history, lossSum, lossCount },
+        tensors: Object.fromEntries(moments.tensors),
+      },
+    });
+  }
 }
