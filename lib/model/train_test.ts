@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { GPT, type GPTConfig } from "./gpt.ts";
 import {
+  bestModelDir,
   createLmOptimizer,
   LM_TRAIN_DEFAULTS,
   lmStep,
@@ -50,6 +51,27 @@ Deno.test("trainLm() lowers the validation loss on a learnable stream", async ()
   assert.equal(result.history.length, 2);
   assert.ok(result.history[0]!.valLoss < Math.log(5), `${result.history[0]!.valLoss}`);
   assert.ok(result.history[1]!.valLoss < 0.5 * Math.log(5), `${result.history[1]!.valLoss}`);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("trainLm() keeps the weights of the best validation loss, not the last", async () => {
+  const dir = await Deno.makeTempDir();
+  // Validation on the reversed cycle: the better the model learns 0 1 2 3 4, the worse it predicts
+  // 4 3 2 1 0, so the validation loss peaks late and the best weights are early ones.
+  const reversed = Int32Array.from({ length: 100 }, (_, i) => 4 - (i % 5));
+  const result = await trainLm(options(`${dir}/m`, {
+    tokens: { train: stream(400), val: reversed },
+    train: { ...options("").train, evalEvery: 10 },
+  }));
+  const losses = result.history.map((p) => p.valLoss);
+  const bestStep = result.history[losses.indexOf(Math.min(...losses))]!.step;
+  assert.ok(bestStep < 40, `the last step should not be the best here: ${losses}`);
+  const [best, last] = await Promise.all(
+    [bestModelDir(`${dir}/m`), `${dir}/m`].map(loadCheckpoint),
+  );
+  assert.equal((best.config as { step: number }).step, bestStep);
+  assert.equal(best.state, undefined);
+  assert.notDeepEqual(best.params["wte.weight"]!.data, last.params["wte.weight"]!.data);
   await Deno.remove(dir, { recursive: true });
 });
 
