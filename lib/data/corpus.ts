@@ -1,12 +1,28 @@
 /**
  * Named text corpora and where their bytes come from. A registered corpus is looked for in
- * `$SCALAR_DATA_DIR`, then in the download cache, then downloaded from its public URL; every copy
- * is checked against the registered sha256 so that every run trains on the same bytes.
+ * `$SCALAR_DATA_DIR`, then in the repository's `data/` folder (Tiny Shakespeare ships there, so
+ * the default job needs no network), then in the download cache, then downloaded from its public
+ * URL; every copy is checked against the registered sha256 so that every run trains on the same
+ * bytes.
  *
  * @module
  */
 
 import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/**
+ * The repository's `data/` folder, where corpora committed with the code live.
+ *
+ * @example
+ * ```ts
+ * import { ok } from "node:assert/strict";
+ * import { SHIPPED_DATA_DIR } from "./corpus.ts";
+ *
+ * ok(Deno.statSync(`${SHIPPED_DATA_DIR}/tinyshakespeare.txt`).isFile);
+ * ```
+ */
+export const SHIPPED_DATA_DIR: string = fileURLToPath(new URL("../../data", import.meta.url));
 
 /** A corpus the product knows by name. */
 export interface CorpusEntry {
@@ -20,6 +36,8 @@ export interface CorpusEntry {
   sha256: string;
   /** Size of the file in bytes, shown in messages. */
   bytes: number;
+  /** Whether the repository ships the file in its `data/` folder ({@linkcode SHIPPED_DATA_DIR}). */
+  shipped?: boolean;
 }
 
 /** Every built-in corpus by name. */
@@ -31,11 +49,12 @@ export const CORPORA: Readonly<Record<string, CorpusEntry>> = Object.freeze({
       "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
     sha256: "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     bytes: 1_115_394,
+    shipped: true,
   },
 });
 
 /** Where {@linkcode resolveCorpus} found the text. */
-export type CorpusSource = "path" | "data-dir" | "cache" | "download";
+export type CorpusSource = "path" | "data-dir" | "shipped" | "cache" | "download";
 
 /** A corpus's text together with its provenance. */
 export interface Corpus {
@@ -58,6 +77,12 @@ export interface ResolveCorpusOptions {
    * @default {Deno.env.get("SCALAR_DATA_DIR") || null}
    */
   dataDir?: string | null;
+  /**
+   * Directory holding the corpora the repository ships (for entries marked `shipped`); `null`
+   * skips this step.
+   * @default {SHIPPED_DATA_DIR}
+   */
+  shippedDir?: string | null;
   /**
    * Directory for downloaded copies.
    * @default {defaultCacheDir()}
@@ -145,25 +170,29 @@ export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string>
 
 /**
  * Returns a corpus's text. A name is looked up in the registry and its file taken from the first
- * of: `<dataDir>/<fileName>`, `<cacheDir>/<fileName>`, a download from the corpus's URL (verified,
- * then written into the cache atomically). A `{ path }` reads that file as is, for users' own text.
+ * of: `<dataDir>/<fileName>`, `<shippedDir>/<fileName>` (for corpora the repository ships),
+ * `<cacheDir>/<fileName>`, a download from the corpus's URL (verified, then written into the cache
+ * atomically). A `{ path }` reads that file as is, for users' own text.
  *
- * A file in the data directory with the wrong sha256 is an error (someone put it there on
- * purpose); a wrong file in the cache is replaced by a fresh download.
+ * A file in the data directory or the shipped folder with the wrong sha256 is an error (someone put
+ * it there on purpose, or the checkout is damaged); a wrong file in the cache is replaced by a fresh
+ * download.
  *
  * @param source A registered corpus name, or `{ path }` of a UTF-8 text file.
  * @param options Directory, URL and logger overrides.
  * @returns The text, the file it came from, its sha256 and which lookup step found it.
  * @throws {CorpusError} If the name is unknown, a file cannot be read or is not UTF-8, a data-dir
- * copy has the wrong sha256, the download fails or has the wrong sha256, or the cache cannot be
- * written; the message says where to put a correct file.
+ * or shipped copy has the wrong sha256, the download fails or has the wrong sha256, or the cache
+ * cannot be written; the message says where to put a correct file.
  *
- * @example Load Tiny Shakespeare
- * ```ts ignore
+ * @example Load the shipped Tiny Shakespeare (no network)
+ * ```ts
+ * import { equal } from "node:assert/strict";
  * import { resolveCorpus } from "./corpus.ts";
  *
- * const { text, source } = await resolveCorpus("tinyshakespeare");
- * console.log(text.length, source); // 1115394 "data-dir"
+ * const { text, source } = await resolveCorpus("tinyshakespeare", { dataDir: null });
+ * equal(text.length, 1115394);
+ * equal(source, "shipped");
  * ```
  */
 export async function resolveCorpus(
@@ -197,20 +226,18 @@ export async function resolveCorpus(
   const dataDir = options.dataDir === undefined
     ? Deno.env.get("SCALAR_DATA_DIR") || null
     : options.dataDir;
-  if (dataDir !== null) {
-    const dataPath = join(dataDir, entry.fileName);
-    const bytes = await readFileOrNull(dataPath, `Cannot read corpus file "${dataPath}"`);
-    if (bytes !== null) {
-      const sha256 = await sha256Hex(bytes);
-      if (sha256 !== entry.sha256) {
-        throw new CorpusError(
-          `Cannot use corpus file "${dataPath}": ${describe(bytes.length, sha256)}, expected ` +
-            `${describe(entry.bytes, entry.sha256)} for corpus "${entry.name}" ` +
-            `(replace the file or unset SCALAR_DATA_DIR)`,
-        );
-      }
-      return corpusFrom(entry, bytes, dataPath, sha256, "data-dir");
-    }
+  const shippedDir = options.shippedDir === undefined ? SHIPPED_DATA_DIR : options.shippedDir;
+  const local: [string | null, CorpusSource, string][] = [
+    [dataDir, "data-dir", "replace the file or unset SCALAR_DATA_DIR"],
+    [
+      entry.shipped ? shippedDir : null,
+      "shipped",
+      `restore it with: git checkout -- data/${entry.fileName}`,
+    ],
+  ];
+  for (const [dir, where, remedy] of local) {
+    const found = dir === null ? null : await readVerified(entry, dir, where, remedy);
+    if (found !== null) return found;
   }
 
   const log = options.log ?? ((line: string) => console.error(line));
@@ -268,6 +295,27 @@ function corpusFrom(
   source: CorpusSource,
 ): Corpus {
   return { name: entry.name, text: decodeUtf8(bytes, path), path, sha256, source };
+}
+
+// A local copy someone chose (the data directory, the checkout) must match: silently reading
+// other bytes would train on a different corpus than the run's record says.
+async function readVerified(
+  entry: CorpusEntry,
+  dir: string,
+  source: CorpusSource,
+  remedy: string,
+): Promise<Corpus | null> {
+  const path = join(dir, entry.fileName);
+  const bytes = await readFileOrNull(path, `Cannot read corpus file "${path}"`);
+  if (bytes === null) return null;
+  const sha256 = await sha256Hex(bytes);
+  if (sha256 !== entry.sha256) {
+    throw new CorpusError(
+      `Cannot use corpus file "${path}": ${describe(bytes.length, sha256)}, expected ` +
+        `${describe(entry.bytes, entry.sha256)} for corpus "${entry.name}" (${remedy})`,
+    );
+  }
+  return corpusFrom(entry, bytes, path, sha256, source);
 }
 
 function describe(bytes: number, sha256: string): string {

@@ -7,6 +7,7 @@ import {
   resolveCorpus,
   type ResolveCorpusOptions,
   sha256Hex,
+  SHIPPED_DATA_DIR,
 } from "./corpus.ts";
 
 const SHAKESPEARE = CORPORA.tinyshakespeare!;
@@ -125,6 +126,7 @@ Deno.test("resolveCorpus() reports a download with the wrong sha256 and caches n
       await rejects(
         resolveCorpus("tinyshakespeare", {
           dataDir: null,
+          shippedDir: null,
           cacheDir,
           url: server.url,
           log: () => {},
@@ -150,6 +152,7 @@ Deno.test("resolveCorpus() reports an HTTP error status", async () => {
       await rejects(
         resolveCorpus("tinyshakespeare", {
           dataDir: null,
+          shippedDir: null,
           cacheDir,
           url: server.url,
           log: () => {},
@@ -174,7 +177,13 @@ Deno.test("resolveCorpus() reports a network error", async () => {
       return Promise.resolve();
     });
     await rejects(
-      resolveCorpus("tinyshakespeare", { dataDir: null, cacheDir, url, log: () => {} }),
+      resolveCorpus("tinyshakespeare", {
+        dataDir: null,
+        shippedDir: null,
+        cacheDir,
+        url,
+        log: () => {},
+      }),
       isCorpusError(
         new RegExp(
           `^Cannot get corpus "tinyshakespeare": download from "${escape(url)}" failed \\(`,
@@ -259,14 +268,47 @@ Deno.test("resolveCorpus() reads a plain path and reports a missing one", async 
   });
 });
 
-Deno.test({
-  name: "resolveCorpus() reads the real Tiny Shakespeare from SCALAR_DATA_DIR",
-  ignore: Deno.env.get("SCALAR_DATA_DIR") === undefined,
-  fn: async () => {
-    const corpus = await resolveCorpus("tinyshakespeare", { log: () => {} });
-    equal(corpus.source, "data-dir");
+Deno.test("resolveCorpus() reads the shipped Tiny Shakespeare without cache or network", async () => {
+  await withTempDir(async (cacheDir) => {
+    const corpus = await resolveCorpus("tinyshakespeare", {
+      dataDir: null,
+      cacheDir,
+      url: "http://127.0.0.1:1/",
+    });
+    equal(corpus.source, "shipped");
+    equal(corpus.path, join(SHIPPED_DATA_DIR, "tinyshakespeare.txt"));
     equal(corpus.text.length, 1_115_394);
     equal(corpus.sha256, SHAKESPEARE.sha256);
     equal(await sha256Hex(await Deno.readFile(corpus.path)), SHAKESPEARE.sha256);
-  },
+    deepEqual([...Deno.readDirSync(cacheDir)], []);
+  });
+});
+
+Deno.test("resolveCorpus() prefers the data directory to the shipped copy, and rejects a damaged shipped copy", async () => {
+  await withTempDir(async (dir) => {
+    const shippedDir = join(dir, "shipped");
+    await Deno.mkdir(shippedDir);
+    await Deno.writeFile(join(shippedDir, "small.txt"), TEXT_BYTES);
+    const corpora = {
+      small: { ...(await smallCorpus("http://127.0.0.1:1/")).small, shipped: true },
+    };
+    const shipped = await resolveCorpus("small", { dataDir: null, shippedDir, corpora });
+    equal(shipped.source, "shipped");
+    const fromDataDir = await resolveCorpus("small", { dataDir: shippedDir, shippedDir, corpora });
+    equal(fromDataDir.source, "data-dir");
+
+    const damaged = join(shippedDir, "small.txt");
+    await Deno.writeTextFile(damaged, "to be or not");
+    const actual = await sha256Hex(new TextEncoder().encode("to be or not"));
+    await rejects(
+      resolveCorpus("small", { dataDir: null, shippedDir, corpora }),
+      isCorpusError(
+        new RegExp(
+          `^Cannot use corpus file "${escape(damaged)}": 12 bytes with sha256 ${actual}, ` +
+            `expected ${TEXT_BYTES.length} bytes with sha256 ${corpora.small.sha256} for corpus ` +
+            `"small" \\(restore it with: git checkout -- data/small\\.txt\\)$`,
+        ),
+      ),
+    );
+  });
 });

@@ -2,17 +2,15 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeGpt2, GPT2_EOT } from "./bpe_tokenizer.ts";
 import { encodeChars } from "./char_tokenizer.ts";
+import { SHIPPED_DATA_DIR } from "./corpus.ts";
 import { loadDataset, TOKENIZERS } from "./dataset.ts";
 import { splitTrainVal } from "./split.ts";
 
 Deno.test({
   name:
     "loadDataset() reads Tiny Shakespeare with characters exactly as the toy model trains on it",
-  ignore: Deno.env.get("SCALAR_DATA_DIR") === undefined,
   async fn() {
-    const text = await Deno.readTextFile(
-      join(Deno.env.get("SCALAR_DATA_DIR")!, "tinyshakespeare.txt"),
-    );
+    const text = await Deno.readTextFile(join(SHIPPED_DATA_DIR, "tinyshakespeare.txt"));
     const want = splitTrainVal(encodeChars(text));
     const got = await loadDataset({ corpus: "tinyshakespeare" }, TOKENIZERS.char);
     assert.equal(got.name, "tinyshakespeare");

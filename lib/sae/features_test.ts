@@ -210,7 +210,6 @@ Deno.test("features: a bad --sae lists the hooks, a bad --feature states the ran
 
 Deno.test({
   name: "features --format json describes each feature; a corpus checksum mismatch is refused",
-  ignore: !Deno.env.get("SCALAR_DATA_DIR"),
   async fn() {
     const root = await Deno.makeTempDir();
     // What identifies the corpus to a run: its bytes read by the model's tokenizer.
