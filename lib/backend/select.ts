@@ -71,10 +71,29 @@ async function probeTensorflow(): Promise<Probe> {
 /** Names that adapters running on the CPU report. */
 const SOFTWARE_ADAPTER = /llvmpipe|lavapipe|swiftshader|softpipe|software|microsoft basic render/i;
 
+/**
+ * Gives the process a private `XDG_RUNTIME_DIR` when it has none: the Vulkan loader's window-system
+ * probing prints `error: XDG_RUNTIME_DIR is invalid or not set` twice on every adapter request
+ * without one (a headless server, a container), which is noise, not an error of ours.
+ */
+function ensureRuntimeDir(): void {
+  const dir = Deno.env.get("XDG_RUNTIME_DIR");
+  try {
+    if (dir && Deno.statSync(dir).isDirectory) return;
+  } catch {
+    // Missing: made below.
+  }
+  // One folder per user, reused, so that processes leave no trail of temporary folders.
+  const own = `${Deno.env.get("TMPDIR") || "/tmp"}/scalar-lab-runtime-${Deno.uid() ?? 0}`;
+  Deno.mkdirSync(own, { recursive: true, mode: 0o700 });
+  Deno.env.set("XDG_RUNTIME_DIR", own);
+}
+
 /** WebGPU, accepting a software adapter only when the user asked for WebGPU by name. */
 async function probeWebgpu(allowSoftware: boolean): Promise<Probe> {
   const gpu = (navigator as { gpu?: GPU }).gpu;
   if (gpu === undefined) return { ok: false, reason: "navigator.gpu is not available" };
+  ensureRuntimeDir();
   const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
   if (adapter === null) {
     return { ok: false, reason: "no WebGPU adapter (is a Vulkan driver installed?)" };
