@@ -91,3 +91,129 @@ export class Progress {
     );
   }
 }
+
+/** How a {@link LiveLog} shows lines. */
+export interface LiveLogOptions {
+  /**
+   * Whether the output is a terminal: then the status line is redrawn in place. @default whether
+   * stderr is a terminal
+   */
+  tty?: boolean;
+  /** Print every line as it comes, details included (`--verbose`). @default false */
+  verbose?: boolean;
+  /** On a pipe, seconds between two status lines. @default 15 */
+  intervalSeconds?: number;
+  /** Terminal width the status line is cut to. @default the terminal's, else 100 */
+  columns?: number;
+  /** Where text goes (lines end in `\n`; a redraw starts with `\r`). @default stderr */
+  write?: (text: string) => void;
+  /** The clock, in milliseconds. @default performance.now */
+  now?: () => number;
+}
+
+/**
+ * Quiet, live output for long jobs. Work reports every line through {@link LiveLog.status}: on a
+ * terminal the latest one redraws a single status line in place (prefixed with the job's label,
+ * e.g. `[run 1/2 topk]`, and the current stage); on a pipe a status line is printed at most every
+ * `intervalSeconds`; with `verbose` every line is printed. Lines indented by two spaces are
+ * details (one ablation-curve point each): shown on a terminal's status line and with `verbose`,
+ * never as periodic lines. {@link LiveLog.print} writes a permanent line (a run's summary, an
+ * error) above the status line.
+ *
+ * @example On a pipe: periodic status lines with their stage, details dropped
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { LiveLog } from "./progress.ts";
+ *
+ * let t = 0, out = "";
+ * const live = new LiveLog({ tty: false, intervalSeconds: 10, now: () => t, write: (s) => out += s });
+ * live.label = "[run 1/2]";
+ * live.status("training 8 topk SAEs (512 features) for 400 steps"); // t = 0: printed
+ * t = 5_000;
+ * live.status("step 100/400 | loss 0.5 | ETA 15s"); // within the interval: dropped
+ * t = 12_000;
+ * live.status("  n=1024: KL 0.1"); // a detail: dropped
+ * live.status("step 200/400 | loss 0.3 | ETA 10s"); // printed with its stage
+ * live.print("run 1/2 done");
+ * deepEqual(out.split("\n"), [
+ *   "[run 1/2] training 8 topk SAEs (512 features) for 400 steps",
+ *   "[run 1/2] training 8 topk SAEs | step 200/400 | loss 0.3 | ETA 10s",
+ *   "run 1/2 done",
+ *   "",
+ * ]);
+ * ```
+ */
+export class LiveLog {
+  /** Put before every status line, e.g. `[run 1/2 topk]`; empty for none. */
+  label = "";
+  readonly #tty: boolean;
+  readonly #verbose: boolean;
+  readonly #intervalMs: number;
+  readonly #columns: number;
+  readonly #write: (text: string) => void;
+  readonly #now: () => number;
+  #stage = "";
+  #shown = "";
+  #lastPrinted = -Infinity;
+
+  /** @param o Terminal or pipe, verbosity, interval, width, sink and clock. */
+  constructor(o: LiveLogOptions = {}) {
+    this.#tty = o.tty ?? Deno.stderr.isTerminal();
+    this.#verbose = o.verbose ?? false;
+    this.#intervalMs = (o.intervalSeconds ?? 15) * 1000;
+    this.#columns = o.columns ?? terminalColumns();
+    const encoder = new TextEncoder();
+    this.#write = o.write ?? ((text) => Deno.stderr.writeSync(encoder.encode(text)));
+    this.#now = o.now ?? (() => performance.now());
+  }
+
+  /**
+   * Reports progress: a stage (`evaluating 8 SAEs…`), a step line (`step 25/400 | …`, shown after
+   * the stage's short name), or an indented detail.
+   *
+   * @param line The line, without a newline.
+   */
+  status(line: string): void {
+    const detail = line.startsWith("  ");
+    const text = line.trim();
+    if (!detail && !text.startsWith("step ")) this.#stage = text;
+    const shortStage = this.#stage.split(/ \(|: /)[0]!;
+    const body = text === this.#stage || shortStage === "" ? text : `${shortStage} | ${text}`;
+    const full = this.label ? `${this.label} ${body}` : body;
+    if (this.#verbose) return this.print(this.label ? `${this.label} ${line}` : line);
+    if (this.#tty) {
+      this.#shown = full.length > this.#columns - 1 ? `${full.slice(0, this.#columns - 2)}…` : full;
+      this.#write(`\r\x1b[2K${this.#shown}`);
+      return;
+    }
+    if (detail || this.#now() - this.#lastPrinted < this.#intervalMs) return;
+    this.#lastPrinted = this.#now();
+    this.#write(`${full}\n`);
+  }
+
+  /**
+   * Writes a permanent line; on a terminal the status line is cleared first and redrawn after.
+   *
+   * @param line The line, without a newline.
+   */
+  print(line: string): void {
+    if (!this.#tty) return this.#write(`${line}\n`);
+    this.#write(`\r\x1b[2K${line}\n${this.#shown}`);
+  }
+
+  /** Clears the status line (before the job prints its results). */
+  clear(): void {
+    if (this.#tty && this.#shown !== "") this.#write("\r\x1b[2K");
+    this.#shown = "";
+    this.#stage = "";
+    this.#lastPrinted = -Infinity;
+  }
+}
+
+function terminalColumns(): number {
+  try {
+    return Deno.consoleSize().columns;
+  } catch {
+    return 100;
+  }
+}
