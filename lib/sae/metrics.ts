@@ -63,8 +63,10 @@ export interface SaeMetrics extends ReconstructionMetrics {
    * CE with this SAE alone spliced in: its hook's activation is replaced by the reconstruction x̂
    * and the model runs on from there to the logits. At `mlp`, replacing `hook_mlp_out` makes
    * `hook_resid_post` = `hook_resid_mid` + x̂; at `mlp-block`, x̂ replaces `hook_resid_mid` both
-   * as ln_2's input and on the skip connection, as SAELens splices (the reference's FF-block
-   * script keeps the clean skip, reference-details §8.6).
+   * as ln_2's input and on the skip connection, as SAELens splices and as the reference's own
+   * per-SAE CE increase does. (The reference's SCALAR full circuit and compound CE splice only
+   * ln_2's input and keep the clean skip; SCALAR follows that, see `fullCircuitSegment` in
+   * `lib/scalar/ablation.ts`.)
    */
   ce_loss_with_sae: number;
   /** ce_loss_increase = ce_loss_with_sae − ce_loss_without_sae. */
@@ -94,7 +96,9 @@ export interface RunMetrics {
   ce_loss_clean: number;
   /**
    * CE with every SAE of the set spliced at once, each reconstructing the activation that reaches
-   * its hook (so later SAEs see the errors of earlier ones — the compound CE of the reference).
+   * its hook (so later SAEs see the errors of earlier ones), as {@link SaeMetrics.ce_loss_with_sae}
+   * splices each: the reference's compound CE, except that at `mlp-block` the reference replaces
+   * only ln_2's input with the `hook_resid_mid` reconstruction and keeps the skip unspliced.
    */
   ce_loss_all_saes: number;
   /** ce_loss_all_increase = ce_loss_all_saes − ce_loss_clean. */

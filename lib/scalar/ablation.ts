@@ -52,6 +52,51 @@ export function modelSegment(model: GPT, pair: SaePair): Segment {
     model.run({ start: { hook: pair.up, value: x }, stopAt: pair.down }).output as tf.Tensor3D;
 }
 
+/** An `mlp-block` pair's upstream hook; the downstream one is the same block's `hook_resid_post`. */
+const MLP_BLOCK_UP = /^blocks\.(\d+)\.hook_resid_mid$/;
+
+/**
+ * The segment of the full circuit (both SAEs spliced), as the reference builds it. At `mlp-block`
+ * the reference's splice replaces only ln_2's input, so the skip connection keeps the clean
+ * activation: y = x + MLP(ln_2(x̂)) (reference-details §5.5; its subcircuit, {@link modelSegment},
+ * feeds x̂ to both). Elsewhere it is {@link modelSegment}. It matters beyond the full-circuit curve:
+ * where the last edge count is E_tot (TopK pairs: 2^18 = 512 · 512), the model curve's last point is
+ * the full circuit's.
+ *
+ * @param model The frozen model.
+ * @param pair The SAE pair.
+ * @param clean The clean activation at the pair's upstream hook, shaped as the x̂ the segment gets.
+ * @returns The segment function (creates tensors; call it inside `tf.tidy`).
+ *
+ * @example At `mlp-block` the skip carries the clean activation
+ * ```ts
+ * import { ok } from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { GPT } from "../model/gpt.ts";
+ * import { fullCircuitSegment, modelSegment } from "./ablation.ts";
+ * const shape = { nLayer: 1, nHead: 1, dModel: 4, dMlp: 8, nCtx: 2, vocabSize: 5, lnEps: 1e-5 };
+ * const model = GPT.init(shape, 0);
+ * const pair = { up: "blocks.0.hook_resid_mid", down: "blocks.0.hook_resid_post", layer: 0 };
+ * const x = tf.ones([1, 2, 4]) as tf.Tensor3D, xHat = tf.zeros([1, 2, 4]) as tf.Tensor3D;
+ * // y − x̂ + x: the spliced segment's output with the skip moved from x̂ to x.
+ * const diff = tf.tidy(() =>
+ *   fullCircuitSegment(model, pair, x)(xHat).sub(modelSegment(model, pair)(xHat).add(x)).abs().max()
+ * );
+ * ok((await diff.data())[0]! < 1e-6);
+ * ```
+ */
+export function fullCircuitSegment(model: GPT, pair: SaePair, clean: tf.Tensor3D): Segment {
+  const block = MLP_BLOCK_UP.exec(pair.up)?.[1];
+  if (block === undefined || pair.down !== `blocks.${block}.hook_resid_post`) {
+    return modelSegment(model, pair);
+  }
+  const mlpOut = `blocks.${block}.hook_mlp_out`;
+  return (xHat) =>
+    model.run({ start: { hook: pair.up, value: xHat }, stopAt: mlpOut }).output.add(
+      clean,
+    ) as tf.Tensor3D;
+}
+
 /**
  * The downstream SAE's TopK as the subcircuit applies it: per row, keep the k largest values
  * WITHOUT ReLU (negative values can be kept), exactly k per row, equal values resolved towards the
@@ -579,12 +624,16 @@ export class Subcircuit {
 }
 
 /** v.encode(segment(u.decode(z0))): the full circuit's downstream features, as a tensor. */
-function fullCircuitTensor(o: SubcircuitOptions, z0: tf.Tensor3D): tf.Tensor2D {
+function fullCircuitTensor(
+  o: SubcircuitOptions,
+  z0: tf.Tensor3D,
+  segment: Segment = o.segment,
+): tf.Tensor2D {
   return tf.tidy(() => {
     const up = o.up(), down = o.down();
     const [B, T, fUp] = z0.shape;
     const xHat = decode(up, z0.reshape([B * T, fUp])).reshape([B, T, up.wDec.shape[1]]);
-    const y = o.segment(xHat as tf.Tensor3D);
+    const y = segment(xHat as tf.Tensor3D);
     return encode(down, y.reshape([B * T, y.shape[2]]), o.k);
   });
 }
@@ -592,7 +641,8 @@ function fullCircuitTensor(o: SubcircuitOptions, z0: tf.Tensor3D): tf.Tensor2D {
 /**
  * The subcircuit's downstream features for one kept edge set (see the module comment). When every
  * one of the F_up · F_down edges is kept, the full circuit's features v.encode(segment(u.decode(z0)))
- * are returned unchanged (ReLU included), as the reference does at n = E_tot.
+ * are returned unchanged (ReLU included), as the reference does at n = E_tot (`ablationCurve`
+ * uses {@link fullCircuitSegment} there instead, which needs the clean activations).
  *
  * @param o The pair's SAEs, segment, clean upstream features and the kept edges (flat indices).
  * @returns Row-major `[P · T, F_down]`.
@@ -663,11 +713,11 @@ export interface AblationCurveOptions {
  * Measures one pair's ablation curve: for each edge count n, the mean over all prompt tokens of
  * KL(p_model ‖ p_n) and KL(p_fullcircuit ‖ p_n), each with a 95% bootstrap CI of the mean over the
  * per-token KLs (both from the same resamples). p_model is the unmodified model; the full circuit
- * splices both SAEs: up's reconstruction of the clean activation → segment → v.encode → v.decode →
- * the rest of the model (at `mlp-block` the reconstruction feeds the skip connection too, unlike
- * the reference's full circuit there, which keeps the clean skip — §5.5; it matters only for the
- * full-circuit curve). p_n is the subcircuit of the first n edges of `order`; at n = E_tot the
- * full-circuit features are used unchanged, so KL(full ‖ p_n) = 0 there.
+ * splices both SAEs as the reference does: up's reconstruction of the clean activation →
+ * {@link fullCircuitSegment} (at `mlp-block` the skip connection keeps the clean activation) →
+ * v.encode → v.decode → the rest of the model. p_n is the subcircuit of the first n edges of
+ * `order`; at n = E_tot the full-circuit features are used unchanged, so KL(full ‖ p_n) = 0 there
+ * and KL(model ‖ p_n) is the full circuit's (for TopK pairs the last count 2^18 is E_tot).
  *
  * Counts are processed in increasing order; each adds its new edges to the previous subcircuit and
  * recomputes only the downstream features whose kept set changed.
@@ -747,7 +797,7 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
         const z = encode(saes.weights(pair.up), x.reshape([rows * T, x.shape[2]!]), k)
           .reshape([rows, T, fUp]) as tf.Tensor3D;
         const context = ctxHooks.map((h) => run.cache.get(h)!);
-        const z1 = fullCircuitTensor(parts, z);
+        const z1 = fullCircuitTensor(parts, z, fullCircuitSegment(model, pair, x as tf.Tensor3D));
         const xHat = decode(saes.weights(pair.down), z1);
         const full = model.run({
           start: {

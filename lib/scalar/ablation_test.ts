@@ -321,6 +321,59 @@ Deno.test("ablationCurve() at mlp equals the subcircuit spliced in by hand", asy
   model.dispose();
 });
 
+Deno.test("ablationCurve() at mlp-block (topk): the last point, n = E_tot, is the reference's full circuit with the clean skip", async () => {
+  const { model, saes, tokens, pairs } = setup("mlp-block");
+  const pair = pairs[1]!, prompts = 4, T = TINY.nCtx, V = TINY.vocabSize, D = TINY.dModel;
+  const eTot = 36;
+  const curve = await ablationCurve({
+    model,
+    saes,
+    pair,
+    order: order(6, 6),
+    counts: edgeCounts(eTot),
+    tokens,
+    prompts,
+    batchSequences: 3,
+    bootstrap: { resamples: 50, seed: 1 },
+    log: () => {},
+  });
+  // By hand: x = clean resid_mid, x̂ = up's reconstruction, resid_post = x + MLP(ln_2(x̂)) (the
+  // reference splices only ln_2's input), then the downstream SAE and the rest of the model. The
+  // skip fed with x̂ instead (the subcircuit's segment) gives another value.
+  const klOf = async (skip: "clean" | "reconstructed") => {
+    const kl = tf.tidy(() => {
+      const ids = tf.tensor2d(tokens.subarray(0, prompts * T), [prompts, T], "int32");
+      const clean = model.run({ tokens: ids, cache: [pair.up] });
+      const x = clean.cache.get(pair.up)!;
+      const up = saes.weights(pair.up), down = saes.weights(pair.down);
+      const xHat = decode(up, encode(up, x.reshape([-1, D]), 2)).reshape([prompts, T, D]);
+      const mlp =
+        model.run({ start: { hook: pair.up, value: xHat }, stopAt: "blocks.1.hook_mlp_out" })
+          .output;
+      const residPost = mlp.add(skip === "clean" ? x : xHat);
+      const z1 = encode(down, residPost.reshape([-1, D]), 2);
+      const out = model.run({
+        start: { hook: pair.down, value: decode(down, z1).reshape([prompts, T, D]) },
+        stopAt: LOGITS,
+      }).output;
+      const logP = tf.logSoftmax(clean.output.reshape([-1, V]));
+      return [logP, tf.logSoftmax(out.reshape([-1, V]))];
+    });
+    const [p, q] = await Promise.all(kl.map((t) => t.data() as Promise<Float32Array>));
+    tf.dispose(kl);
+    const perToken = klPerToken(p!, q!, V);
+    return perToken.reduce((s, v) => s + v, 0) / perToken.length;
+  };
+  const last = curve.at(-1)!;
+  assert.equal(last.n, eTot);
+  const reference = await klOf("clean"), spliced = await klOf("reconstructed");
+  closeArrays([last.klModel], [reference], 1e-5);
+  assert.ok(Math.abs(spliced - reference) > 1e-3 * reference, `${spliced} vs ${reference}`);
+  assert.equal(last.klFull, 0);
+  saes.dispose();
+  model.dispose();
+});
+
 Deno.test("ablationCurve() rejects bad counts, short orders and too few tokens", async () => {
   const { model, saes, tokens, pairs } = setup("mlp-block");
   const base = {
