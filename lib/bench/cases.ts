@@ -6,8 +6,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { Gpu } from "../gpu/device.ts";
-import { SaeEngine } from "../gpu/sae_engine.ts";
+import type { Gpu } from "../sae/gpu/device.ts";
+import { SaeEngine } from "../sae/gpu/sae_engine.ts";
 import { GPT, SHAKESPEARE_64X4 } from "../model/gpt.ts";
 import { createLmOptimizer, LM_TRAIN_DEFAULTS, lmStep } from "../model/train.ts";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
@@ -83,7 +83,7 @@ export function saeTopkStep(seed = 0): BenchCase {
 }
 
 /**
- * The same TopK SAE step through the WebGPU engine (`lib/gpu/sae_engine.ts`): fused WGSL kernels,
+ * The same TopK SAE step through the WebGPU engine (`lib/sae/gpu/sae_engine.ts`): fused WGSL kernels,
  * the batch resident on the device after the first step (as the stock case's tensor is), and the
  * loss read back every step (as the stock case awaits its loss), so a step's time includes
  * waiting for the GPU.

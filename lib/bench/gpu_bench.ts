@@ -13,7 +13,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { requestGpu } from "../gpu/device.ts";
+import { requestGpu } from "../sae/gpu/device.ts";
 import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS, trainSaes } from "../sae/train.ts";

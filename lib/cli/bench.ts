@@ -113,7 +113,7 @@ wasm on (a), the PyTorch peer (tests/bench/peer_torch.py, when python3 has torch
 4 steps) batched against the reference's per-target loop (both sampled and scaled to the whole
 pair). Prints median step times and ratio = baseline_ms / ours_ms (above 1: we are faster).
 
-With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/gpu/) and through
+With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/sae/gpu/) and through
 stock tfjs webgpu, (b) on stock tfjs webgpu, both against PyTorch CUDA (peer_torch.py --device
 cuda, when python3 has CUDA torch), (d) batched on stock tfjs webgpu (GPUs only), and the wall
 time of a toy SAE training run (7,500 steps of 128 × 128 tokens) at each position through the

@@ -3,12 +3,12 @@
  * batch of tokens per step, every SAE reconstructs its own hook, the losses (plus λ·L_J per JSAE
  * pair) are summed for one backward pass, then global-norm clipping and AdamW over all parameters.
  * Seeded, resumable, with progress and divergence detection. On the `webgpu` backend the step runs
- * in the GPU engine instead (`lib/gpu/sae_engine.ts`: the same numbers from fused WGSL kernels).
+ * in the GPU engine instead (`lib/sae/gpu/sae_engine.ts`: the same numbers from fused WGSL kernels).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { chooseSaeEngine } from "../gpu/sae_training.ts";
+import { chooseSaeEngine } from "./gpu/sae_training.ts";
 import { saveCheckpoint } from "../model/checkpoint.ts";
 import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
 import { runState } from "../optim/resume.ts";

@@ -8,11 +8,11 @@
  */
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { buildSaes, type SaeConfig, type SaeSet } from "../../sae/architectures.ts";
-import { layoutPosition } from "../../sae/positions.ts";
-import { decode, preActivations, reconstructionLoss } from "../../sae/sae.ts";
-import { topkRelu } from "../../sae/topk_relu.ts";
-import { createRng, normalArray } from "../../util/rng.ts";
+import { buildSaes, type SaeConfig, type SaeSet } from "../../architectures.ts";
+import { layoutPosition } from "../../positions.ts";
+import { decode, preActivations, reconstructionLoss } from "../../sae.ts";
+import { topkRelu } from "../../topk_relu.ts";
+import { createRng, normalArray } from "../../../util/rng.ts";
 import {
   bindBuffers,
   dispatch,

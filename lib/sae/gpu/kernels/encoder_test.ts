@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs";
-import { buildSaes, type SaeConfig } from "../../sae/architectures.ts";
-import { layoutPosition } from "../../sae/positions.ts";
-import { preActivations } from "../../sae/sae.ts";
+import { buildSaes, type SaeConfig } from "../../architectures.ts";
+import { layoutPosition } from "../../positions.ts";
+import { preActivations } from "../../sae.ts";
 import { bindBuffers, dispatch, rowsUniform, storageBuffer, uniformBuffer } from "../device.ts";
 import { layoutParams } from "../layout.ts";
 import {

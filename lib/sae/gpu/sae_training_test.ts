@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { loadCheckpoint } from "../model/checkpoint.ts";
-import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
-import { jacobianLoss } from "../sae/jacobian.ts";
-import { layoutPosition } from "../sae/positions.ts";
-import { sparseSource } from "../sae/testdata/sparse_source.ts";
-import { SAE_TRAIN_DEFAULTS, trainSaes, type TrainSaesOptions } from "../sae/train.ts";
-import { createRng, normalArray } from "../util/rng.ts";
+import { loadCheckpoint } from "../../model/checkpoint.ts";
+import { buildSaes, type SaeConfig } from "../architectures.ts";
+import { jacobianLoss } from "../jacobian.ts";
+import { layoutPosition } from "../positions.ts";
+import { sparseSource } from "../testdata/sparse_source.ts";
+import { SAE_TRAIN_DEFAULTS, trainSaes, type TrainSaesOptions } from "../train.ts";
+import { createRng, normalArray } from "../../util/rng.ts";
 import { assertClose, gpuTest } from "./testdata/harness.ts";
 
 const D = 8, SEQ = 4;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { buildSaes, type SaeConfig } from "../sae/architectures.ts";
-import { layoutPosition } from "../sae/positions.ts";
+import { buildSaes, type SaeConfig } from "../architectures.ts";
+import { layoutPosition } from "../positions.ts";
 import { layoutParams } from "./layout.ts";
 
 Deno.test("layoutParams() aligns every parameter and puts decaying ones first", () => {

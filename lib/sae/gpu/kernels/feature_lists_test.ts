@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createRng } from "../../util/rng.ts";
+import { createRng } from "../../../util/rng.ts";
 import { rowsUniform, storageBuffer, uniformBuffer } from "../device.ts";
 import { gpuTest, readU32, runKernel, upload } from "../testdata/harness.ts";
 import { featureListKernels } from "./feature_lists.ts";

@@ -1,10 +1,10 @@
 import * as tf from "@tensorflow/tfjs";
-import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
-import { buildSaes, type SaeConfig, type SaeSet } from "../sae/architectures.ts";
-import { jacobianLoss, type MlpWeights } from "../sae/jacobian.ts";
-import { layoutPosition, type Position, type SaePair } from "../sae/positions.ts";
-import { decode, encode, reconstructionLoss } from "../sae/sae.ts";
-import { createRng, normalArray } from "../util/rng.ts";
+import { AdamW, clipGlobalNorm } from "../../optim/adamw.ts";
+import { buildSaes, type SaeConfig, type SaeSet } from "../architectures.ts";
+import { jacobianLoss, type MlpWeights } from "../jacobian.ts";
+import { layoutPosition, type Position, type SaePair } from "../positions.ts";
+import { decode, encode, reconstructionLoss } from "../sae.ts";
+import { createRng, normalArray } from "../../util/rng.ts";
 import { SaeEngine } from "./sae_engine.ts";
 import { assertClose, gpuTest, randomizeParams, randomRows } from "./testdata/harness.ts";
 

@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
-import { AdamW, clipGlobalNorm } from "../../optim/adamw.ts";
-import { createRng, normalArray } from "../../util/rng.ts";
+import { AdamW, clipGlobalNorm } from "../../../optim/adamw.ts";
+import { createRng, normalArray } from "../../../util/rng.ts";
 import { storageBuffer, uniformBuffer } from "../device.ts";
 import { assertClose, gpuTest, readF32, runKernel, upload } from "../testdata/harness.ts";
 import { adamKernels, adamUniform } from "./adamw.ts";

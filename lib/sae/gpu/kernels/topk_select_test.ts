@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { topkReluReference } from "../../sae/topk_relu.ts";
+import { topkReluReference } from "../../topk_relu.ts";
 import { bindBuffers, dispatch, rowsUniform, storageBuffer, uniformBuffer } from "../device.ts";
 import { gpuTest, randomRows, readF32, readU32, upload, values } from "../testdata/harness.ts";
 import { topkSelectKernel } from "./topk_select.ts";

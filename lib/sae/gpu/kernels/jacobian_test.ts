@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
-import { geluTanhDerivative, jacobianLoss, jacobians } from "../../sae/jacobian.ts";
-import { createRng, normalArray } from "../../util/rng.ts";
+import { geluTanhDerivative, jacobianLoss, jacobians } from "../../jacobian.ts";
+import { createRng, normalArray } from "../../../util/rng.ts";
 import { rowsUniform, storageBuffer, uniformBuffer } from "../device.ts";
 import {
   assertClose,

@@ -17,10 +17,10 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { AdamWState } from "../optim/adamw.ts";
-import type { SaeConfig, SaeSet } from "../sae/architectures.ts";
-import type { MlpWeights } from "../sae/jacobian.ts";
-import type { SaePair } from "../sae/positions.ts";
+import type { AdamWState } from "../../optim/adamw.ts";
+import type { SaeConfig, SaeSet } from "../architectures.ts";
+import type { MlpWeights } from "../jacobian.ts";
+import type { SaePair } from "../positions.ts";
 import {
   bindBuffers,
   dispatch,
