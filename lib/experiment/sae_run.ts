@@ -20,6 +20,7 @@ import { evaluateSaes, type SaeEvaluation } from "../sae/metrics.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
 import { type ActivationSource, type SaeTrainConfig, trainSaes } from "../sae/train.ts";
 import { ablationCurve } from "../scalar/ablation.ts";
+import { activeLatentCounts, pairDiagnostics } from "../scalar/diagnostics.ts";
 import { attributePair } from "../scalar/attribution.ts";
 import { edgeCounts, rankEdges } from "../scalar/ranking.ts";
 import { type CurvePoint, type ScalarScores, scalarScores } from "../scalar/score.ts";
@@ -93,6 +94,11 @@ export interface PairResult {
   curve: CurvePoint[];
   /** Areas under it. */
   scores: ScalarScores;
+  /**
+   * Staircase diagnostics (`lib/scalar/diagnostics.ts`): metric name → value; absent in runs
+   * measured before they existed.
+   */
+  diagnostics?: Record<string, number>;
 }
 
 /** One SAE's training loss and L0 at one progress line. */
@@ -258,6 +264,7 @@ export async function runSaeExperiment(
       });
       if (trained.interrupted) return undefined;
 
+      const evalSequences = config.evalSequences || Math.floor(split.val.length / nCtx) - 1;
       let metrics = await readJson<SaeEvaluation>(`${runDir}/metrics.json`);
       if (metrics === undefined) {
         log("evaluating SAEs on validation data");
@@ -265,7 +272,7 @@ export async function runSaeExperiment(
           model,
           saes,
           tokens: split.val,
-          sequences: config.evalSequences || Math.floor(split.val.length / nCtx) - 1,
+          sequences: evalSequences,
           batchSequences: passSequences,
           log,
         });
@@ -288,6 +295,19 @@ export async function runSaeExperiment(
           });
           const fUp = saes.width(pair.up), fDown = saes.width(pair.down), eTot = fUp * fDown;
           const order = rankEdges(attribution.scores, fUp, fDown, o.seed);
+          const diagnostics = pairDiagnostics({
+            order,
+            fUp,
+            fDown,
+            activeCounts: await activeLatentCounts({
+              model,
+              saes,
+              hook: pair.down,
+              tokens: split.val,
+              sequences: evalSequences,
+              batchSequences: passSequences,
+            }),
+          });
           log(`SCALAR ${pair.up} → ${pair.down}: ablation curve`);
           const curve = await ablationCurve({
             model,
@@ -313,6 +333,7 @@ export async function runSaeExperiment(
             },
             curve,
             scores: scalarScores(curve, eTot),
+            diagnostics,
           });
           // Each pair is saved as it finishes: an interrupted run resumes at the next pair.
           await writeJson(`${runDir}/scalar.json`, pairs);

@@ -154,6 +154,7 @@ function metricRows(runId: string, result: SaeRunResult): DuckDBValue[][] {
     add(pair, "attribution_tokens", p.attribution.tokens);
     add(pair, "attribution_zero_fraction", p.attribution.zeroFraction);
     add(pair, "attribution_seconds", p.attribution.seconds);
+    for (const [k, v] of Object.entries(p.diagnostics ?? {})) add(pair, k, v);
   }
   return rows;
 }
