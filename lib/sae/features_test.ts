@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
-import { featuresCommand } from "../cli/features.ts";
+import { featuresCommand, resolveRunDir } from "../cli/features.ts";
 import { UsageError } from "../cli/args.ts";
 import { encodeChars } from "../data/char_tokenizer.ts";
 import { CorpusError, resolveCorpus } from "../data/corpus.ts";
@@ -270,4 +270,27 @@ Deno.test({
     );
     await Deno.remove(root, { recursive: true });
   },
+});
+
+Deno.test("features RUN: a run id or an unambiguous prefix names results/runs/<id>/saes; others are refused", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    for (const id of ["0a1b2c3d4e5f", "0a1bffffffff", "9f00aa00bb00"]) {
+      await Deno.mkdir(`${root}/${id}/saes`, { recursive: true });
+    }
+    assert.equal(await resolveRunDir("9f", root), `${root}/9f00aa00bb00/saes`);
+    assert.equal(await resolveRunDir("0a1b2", root), `${root}/0a1b2c3d4e5f/saes`);
+    await assert.rejects(
+      resolveRunDir("0a1b", root),
+      (e: Error) =>
+        e instanceof UsageError &&
+        e.message ===
+          `Cannot choose a run: "0a1b" begins 2 run ids (0a1b2c3d4e5f, 0a1bffffffff); type more of the id`,
+    );
+    await assert.rejects(resolveRunDir("77", root), /Cannot find run "77": not an SAE folder/);
+    await Deno.writeTextFile(`${root}/9f00aa00bb00/saes/config.json`, "{}");
+    assert.equal(await resolveRunDir(`${root}/9f00aa00bb00`), `${root}/9f00aa00bb00/saes`);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });
