@@ -10,6 +10,7 @@
 
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { defaultCacheDir } from "../util/cache_dir.ts";
 
 /**
  * The repository's `data/` folder, where corpora committed with the code live.
@@ -119,32 +120,8 @@ export class CorpusError extends Error {
   }
 }
 
-/**
- * The download cache directory: `$SCALAR_CACHE_DIR`, else `$XDG_CACHE_HOME/scalar-lab`, else
- * `$HOME/.cache/scalar-lab`.
- *
- * @returns The directory path (it may not exist yet).
- * @throws {CorpusError} If none of those variables is set.
- *
- * @example Locate the cache
- * ```ts
- * import { ok } from "node:assert/strict";
- * import { defaultCacheDir } from "./corpus.ts";
- *
- * ok(defaultCacheDir().length > 0);
- * ```
- */
-export function defaultCacheDir(): string {
-  const explicit = Deno.env.get("SCALAR_CACHE_DIR");
-  if (explicit) return explicit;
-  const xdg = Deno.env.get("XDG_CACHE_HOME");
-  if (xdg) return join(xdg, "scalar-lab");
-  const home = Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE");
-  if (home) return join(home, ".cache", "scalar-lab");
-  throw new CorpusError(
-    "Cannot locate the cache directory: none of SCALAR_CACHE_DIR, XDG_CACHE_HOME, HOME is set",
-  );
-}
+/** The download cache directory (`lib/util/cache_dir.ts`: one rule for every cache). */
+export { defaultCacheDir };
 
 /**
  * Computes the sha256 of some bytes.
