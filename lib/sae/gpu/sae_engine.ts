@@ -8,7 +8,7 @@
  * then per SAE the b_dec gradient, and for all SAEs at once the gradient norm, the logged figures
  * and AdamW.
  *
- * Parameters, gradients and both moments live in one flat buffer each (`layout.ts`); every
+ * Parameters, gradients and both moments live in one flat buffer each (`lib/sae/param_layout.ts`); every
  * buffer is allocated once. A step uploads the batch with `queue.writeBuffer` (queued behind the
  * previous step, so the upload streams in while it runs) and reads nothing back, except the
  * figures on a reporting step. Architectures: `topk`, `staircase`, `staircase-detached`, and
@@ -49,7 +49,7 @@ import { DECODE_ROWS, sparseDecodeKernel } from "./kernels/sparse_decode.ts";
 import { sparseBackwardKernel } from "./kernels/sparse_backward.ts";
 import { type MatmulShape, stridedMatmulKernel } from "./kernels/strided_matmul.ts";
 import { topkSelectKernel } from "./kernels/topk_select.ts";
-import { layoutParams, type ParamLayout, type SaeView } from "./layout.ts";
+import { layoutParams, type ParamLayout, type SaeView } from "../param_layout.ts";
 
 /** What the engine trains, and how. */
 export interface SaeEngineOptions {

@@ -9,7 +9,7 @@
  *    [factor, ‖g‖, figure 0, figure 1, …];
  * 3. `update`, one thread per parameter: g ← factor·g; m ← β₁m + (1 − β₁)g;
  *    v ← β₂v + (1 − β₂)g²; p ← p·(1 − lr·wd) − lr·(m/c₁)/(√(v/c₂) + ε), with c = 1 − βᵗ, in the
- *    reference's order of operations. Weight decay applies below `decayEnd` (`layout.ts` puts
+ *    reference's order of operations. Weight decay applies below `decayEnd` (`lib/sae/param_layout.ts` puts
  *    decaying parameters first); the per-step values come in a uniform ({@link adamUniform}).
  *
  * Bindings — sumSquares: 0 gradients (read), 1 norm partials (work unit: gradients); figures:

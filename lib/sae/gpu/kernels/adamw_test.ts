@@ -5,7 +5,7 @@ import { storageBuffer, uniformBuffer } from "../device.ts";
 import { assertClose, gpuTest, readF32, runKernel, upload } from "../testdata/harness.ts";
 import { adamKernels, adamUniform } from "./adamw.ts";
 
-// Two parameters, the decaying one first, each padded to 64 floats as `layout.ts` places them.
+// Two parameters, the decaying one first, each padded to 64 floats as `lib/sae/param_layout.ts` places them.
 const shapes = { w: [40, 70], b: [70] } as const;
 const [W_AT, B_AT, LENGTH] = [0, 2816, 2816 + 128];
 const settings = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };

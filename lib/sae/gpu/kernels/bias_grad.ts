@@ -14,7 +14,7 @@
  * @module
  */
 import { compileKernel, type Kernel } from "../device.ts";
-import type { SaeView } from "../layout.ts";
+import type { SaeView } from "../../param_layout.ts";
 
 /**
  * Compiles the b_dec gradient of one SAE.

@@ -13,7 +13,7 @@
  * @module
  */
 import { compileKernel, type Kernel, ROWS_STRUCT } from "../device.ts";
-import type { SaeView } from "../layout.ts";
+import type { SaeView } from "../../param_layout.ts";
 
 const TILE = 64;
 

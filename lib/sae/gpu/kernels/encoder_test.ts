@@ -3,7 +3,7 @@ import { buildSaes, type SaeConfig } from "../../architectures.ts";
 import { layoutPosition } from "../../positions.ts";
 import { preActivations } from "../../sae.ts";
 import { bindBuffers, dispatch, rowsUniform, storageBuffer, uniformBuffer } from "../device.ts";
-import { layoutParams } from "../layout.ts";
+import { layoutParams } from "../../param_layout.ts";
 import {
   assertClose,
   flatParams,

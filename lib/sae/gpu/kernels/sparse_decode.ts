@@ -18,7 +18,7 @@
  * @module
  */
 import { compileKernel, f32Literal, type Kernel, ROWS_STRUCT } from "../device.ts";
-import type { SaeView } from "../layout.ts";
+import type { SaeView } from "../../param_layout.ts";
 
 /** Rows per workgroup of the decoder; partial sums come one per block of this many rows. */
 export const DECODE_ROWS = 64;

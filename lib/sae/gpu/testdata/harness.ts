@@ -22,7 +22,7 @@ import {
   requestGpu,
   storageBuffer,
 } from "../device.ts";
-import { layoutParams, type ParamLayout } from "../layout.ts";
+import { layoutParams, type ParamLayout } from "../../param_layout.ts";
 
 // Mesa's Vulkan drivers complain on stderr when this is unset; set before the first adapter.
 if (Deno.env.get("XDG_RUNTIME_DIR") === undefined) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");

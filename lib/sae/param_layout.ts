@@ -9,7 +9,7 @@
  *
  * @module
  */
-import type { SaeConfig, SaeSet } from "../architectures.ts";
+import type { SaeConfig, SaeSet } from "./architectures.ts";
 
 /** One SAE as the kernels see it: sizes and f32 offsets into the flat parameter buffer. */
 export interface SaeView {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { buildSaes, type SaeConfig } from "../architectures.ts";
-import { layoutPosition } from "../positions.ts";
-import { layoutParams } from "./layout.ts";
+import { buildSaes, type SaeConfig } from "./architectures.ts";
+import { layoutPosition } from "./positions.ts";
+import { layoutParams } from "./param_layout.ts";
 
 Deno.test("layoutParams() aligns every parameter and puts decaying ones first", () => {
   const config: SaeConfig = { arch: "topk", features: 10, k: 2, jsaeLambda: 0 };
