@@ -1,7 +1,9 @@
 /**
  * The paper's tables from the results store: per position and architecture (and any other varied
- * parameter but the seed), SCALAR absolute and relative per layer and summed, the improvement over
- * TopK, and the SAE metrics, each as mean ± sample std over the finished seeds, with the seed count.
+ * parameter but the seed), SCALAR absolute and relative per layer and summed, side by side, the
+ * improvement over TopK of both, the absolute ratio X / TopK paired by seed, the SAE metrics and
+ * the pairs' Staircase diagnostics, each as mean ± sample std over the finished seeds, with the
+ * seed count.
  *
  * Three layers, so that each can be tested alone: {@link loadReportData} reads plain rows with SQL;
  * {@link buildReport} groups and summarises them (pure); {@link formatReport} prints markdown,
@@ -11,6 +13,7 @@
  */
 import { LIST, listValue, VARCHAR } from "@duckdb/node-api";
 import { POSITIONS } from "../sae/positions.ts";
+import { DIAGNOSTIC_METRICS } from "../scalar/diagnostics.ts";
 import { aggregates, improvement, PAPER_TABLE_UNITS } from "../scalar/score.ts";
 import { type Store, StoreError } from "./db.ts";
 
@@ -135,6 +138,22 @@ export interface Improvement {
   paperUnits: number | null;
 }
 
+/**
+ * The absolute SCALAR of X over TopK's, run by run: for each seed both cells finished, abs_X / abs_TopK
+ * of the two runs with that seed, summarised over those seeds. Below 1, X's circuits need a smaller
+ * absolute area. Relative SCALAR divides each by E_tot / 2^18, so the relative improvement is
+ * 1 − ratio · E_TopK / E_X: a Staircase `mlp-block` pair (512 × 1,024 edges, twice TopK's) reads
+ * +50 % at ratio 1.
+ */
+export interface PairedRatio {
+  /** Seeds finished in both cells, ascending. */
+  seeds: number[];
+  /** Per layer with scores in both: mean ± sample std of abs_X,l / abs_TopK,l over the seeds. */
+  perLayer: (Stat & { layer: number })[];
+  /** Of Σₗ abs_X,l / Σₗ abs_TopK,l per seed (seeds lacking a layer are left out); null without layers. */
+  sum: Stat | null;
+}
+
 /** One row of the report: a cell's seeds, SCALAR, improvement and metrics. */
 export interface ReportCell extends CellKey {
   /** `params` as `path=value, …` (empty when none). */
@@ -169,11 +188,15 @@ export interface ReportCell extends CellKey {
     relative: Improvement;
     /** Of absolute SCALAR. */
     absolute: Improvement;
+    /** Absolute SCALAR of X / TopK, paired by seed. */
+    absoluteRatio: PairedRatio;
     /** Whether either cell has fewer finished seeds than expected. */
     incomplete: boolean;
   } | null;
   /** Per SAE (hook, or `run`), the requested metrics. */
   metrics: { sae: string; values: Record<string, Stat> }[];
+  /** Per pair (`up→down`) that has them, its Staircase diagnostics (`lib/scalar/diagnostics.ts`). */
+  diagnostics: { pair: string; values: Record<string, Stat> }[];
 }
 
 /** The report of one experiment. */
@@ -184,6 +207,8 @@ export interface Report {
   curve: "model" | "full";
   /** The metrics shown. */
   metricNames: string[];
+  /** The Staircase diagnostics any cell has, in {@link DIAGNOSTIC_METRICS} order. */
+  diagnosticNames: string[];
   /** Whether any cell has varied parameters besides position, architecture and seed. */
   hasParams: boolean;
   /** Per position, its layers and cells. */
@@ -409,6 +434,59 @@ function improvementOf(
   };
 }
 
+/** X's absolute SCALAR over TopK's, run by run for each seed both cells finished. */
+function pairedRatio(
+  x: ReadonlyMap<number, string>,
+  topk: ReadonlyMap<number, string>,
+  layers: readonly number[],
+  byRun: Map<string, Map<number, ReportScore>>,
+): PairedRatio {
+  const seeds = [...x.keys()].filter((s) => topk.has(s)).sort((a, b) => a - b);
+  const abs = (id: string, layer: number) => byRun.get(id)?.get(layer)?.absolute;
+  const perLayer = layers.flatMap((layer) => {
+    const stat = summarize(seeds.flatMap((s) => {
+      const a = abs(x.get(s)!, layer), b = abs(topk.get(s)!, layer);
+      return a === undefined || b === undefined ? [] : [a / b];
+    }));
+    return stat === null ? [] : [{ layer, ...stat }];
+  });
+  const sums = seeds.flatMap((s) => {
+    const a = layers.map((l) => abs(x.get(s)!, l)), b = layers.map((l) => abs(topk.get(s)!, l));
+    if ([...a, ...b].some((v) => v === undefined)) return [];
+    const total = (v: (number | undefined)[]) => v.reduce((t: number, y) => t + y!, 0);
+    return [total(a) / total(b)];
+  });
+  return { seeds, perLayer, sum: layers.length === 0 ? null : summarize(sums) };
+}
+
+/**
+ * Per SAE or pair (in forward order), mean ± std over the runs of each named metric it has; those
+ * with none of the names are left out.
+ */
+function metricStats(
+  ids: readonly string[],
+  byRun: Map<string, ReportMetric[]>,
+  names: readonly string[],
+): { sae: string; values: Record<string, Stat> }[] {
+  const saes = new Map<string, Map<string, number[]>>();
+  for (const id of ids) {
+    for (const m of byRun.get(id) ?? []) {
+      const perMetric = saes.get(m.sae) ?? new Map<string, number[]>();
+      perMetric.set(m.metric, [...(perMetric.get(m.metric) ?? []), m.value]);
+      saes.set(m.sae, perMetric);
+    }
+  }
+  return [...saes.entries()]
+    .sort(([a], [b]) => compareSae(a, b))
+    .flatMap(([sae, perMetric]) => {
+      const values = Object.fromEntries(names.flatMap((name) => {
+        const stat = summarize(perMetric.get(name) ?? []);
+        return stat === null ? [] : [[name, stat]];
+      }));
+      return Object.keys(values).length === 0 ? [] : [{ sae, values }];
+    });
+}
+
 /**
  * Groups an experiment's runs into cells and summarises each over its finished seeds. Pure: the
  * same rows give the same report.
@@ -452,10 +530,8 @@ export function buildReport(
     m.set(s.layer, s);
     scoresByRun.set(s.runId, m);
   }
-  const wanted = new Set(metricNames);
   const metricsByRun = new Map<string, ReportMetric[]>();
   for (const m of data.metrics) {
-    if (!wanted.has(m.metric)) continue;
     const list = metricsByRun.get(m.runId) ?? [];
     list.push(m);
     metricsByRun.set(m.runId, list);
@@ -482,19 +558,12 @@ export function buildReport(
           group.flatMap((c) => done(c).flatMap((r) => [...(scoresByRun.get(r.id)?.keys() ?? [])])),
         ),
       ].sort((a, b) => a - b);
+      const runsBySeed = new Map<ReportCell, Map<number, string>>();
       const built: ReportCell[] = group.map(({ key, runs }) => {
         const finished = done({ runs }).sort((a, b) => a.seed - b.seed);
         const ids = finished.map((r) => r.id);
         const expected = expectedOf(key, runs.length);
-        const saes = new Map<string, Map<string, number[]>>();
-        for (const id of ids) {
-          for (const m of metricsByRun.get(id) ?? []) {
-            const perMetric = saes.get(m.sae) ?? new Map<string, number[]>();
-            perMetric.set(m.metric, [...(perMetric.get(m.metric) ?? []), m.value]);
-            saes.set(m.sae, perMetric);
-          }
-        }
-        return {
+        const cell: ReportCell = {
           ...key,
           label: labelOf(key.params),
           seeds: finished.map((r) => r.seed),
@@ -507,18 +576,12 @@ export function buildReport(
           relative: scalarSummary(ids, layers, scoresByRun, "relative"),
           isBaseline: key.arch === "topk",
           improvement: null,
-          metrics: [...saes.entries()]
-            .sort(([a], [b]) => compareSae(a, b))
-            .map(([sae, perMetric]) => ({
-              sae,
-              values: Object.fromEntries(
-                metricNames.flatMap((name) => {
-                  const stat = summarize(perMetric.get(name) ?? []);
-                  return stat === null ? [] : [[name, stat]];
-                }),
-              ),
-            })),
+          metrics: metricStats(ids, metricsByRun, metricNames),
+          diagnostics: metricStats(ids, metricsByRun, DIAGNOSTIC_METRICS)
+            .map(({ sae, values }) => ({ pair: sae, values })),
         };
+        runsBySeed.set(cell, new Map(finished.map((r) => [r.seed, r.id])));
+        return cell;
       });
       const baselines = new Map<string, ReportCell[]>();
       for (const c of built.filter((c) => c.isBaseline)) {
@@ -534,6 +597,7 @@ export function buildReport(
           baseline: t.label === "" ? t.arch : `${t.arch} (${t.label})`,
           relative: improvementOf(c.relative, t.relative, layers),
           absolute: improvementOf(c.absolute, t.absolute, layers),
+          absoluteRatio: pairedRatio(runsBySeed.get(c)!, runsBySeed.get(t)!, layers, scoresByRun),
           incomplete: c.incomplete || t.incomplete,
         };
       }
@@ -548,6 +612,9 @@ export function buildReport(
     experiment: data.experiment,
     curve: options.curve ?? "model",
     metricNames,
+    diagnosticNames: DIAGNOSTIC_METRICS.filter((name) =>
+      positions.some((p) => p.cells.some((c) => c.diagnostics.some((d) => name in d.values)))
+    ),
     hasParams: positions.some((p) => p.cells.some((c) => c.label !== "")),
     positions,
   };
@@ -569,6 +636,134 @@ function mdTable(header: string[], align: ("l" | "r")[], rows: string[][]): stri
   ].join("\n");
 }
 
+/** How a position's markdown tables begin each row: the cell's architecture (and parameters). */
+interface RowLead {
+  header: string[];
+  align: ("l" | "r")[];
+  of: (c: ReportCell) => string[];
+}
+
+type PositionReport = Report["positions"][number];
+
+/** SCALAR absolute and relative, one row each per cell, side by side. */
+function scalarTable(p: PositionReport, lead: RowLead): string[] {
+  const rows = p.cells.flatMap((c) =>
+    (["absolute", "relative"] as const).map((field) => [
+      ...lead.of(c),
+      formatSeedCount(c.n, c.expected),
+      field,
+      ...p.layers.map((l) => statText(c[field].perLayer.find((s) => s.layer === l), c)),
+      statText(c[field].sum, c),
+    ])
+  );
+  return [
+    "### SCALAR, absolute and relative",
+    "",
+    mdTable(
+      [...lead.header, "seeds", "SCALAR", ...p.layers.map((l) => `layer ${l}`), "Σ layers"],
+      [...lead.align, "l", "l", ...p.layers.map(() => "r" as const), "r"],
+      rows,
+    ),
+    "",
+    "absolute: area under the curve over the edge count (KL × edges); relative: absolute × 2^18 / " +
+    "E_tot, E_tot = F_up · F_down the pair's edges.",
+  ];
+}
+
+/** The improvement over TopK of both SCALARs, one row each per cell. */
+function improvementTable(p: PositionReport, lead: RowLead): string[] {
+  const paper = p.layers.length === PAPER_TABLE_UNITS.length;
+  const width = p.layers.length + 1 + (paper ? 1 : 0);
+  const rows = p.cells.flatMap((c) =>
+    (c.isBaseline ? ["both"] as const : ["relative", "absolute"] as const).map((field) => {
+      const i = c.improvement;
+      const values = field === "both"
+        ? new Array(width).fill("baseline")
+        : i === null
+        ? new Array(width).fill("—")
+        : [
+          ...i[field].perLayer.map((l) => formatPercent(l.percent, i.incomplete)),
+          formatPercent(i[field].sum, i.incomplete),
+          ...(paper ? [formatPercent(i[field].paperUnits, i.incomplete)] : []),
+        ];
+      return [...lead.of(c), formatSeedCount(c.n, c.expected), field, ...values];
+    })
+  );
+  const header = [...p.layers.map((l) => `layer ${l}`), "Σ layers"];
+  return [
+    "### Improvement over TopK (% from seed means)",
+    "",
+    mdTable(
+      [...lead.header, "seeds", "SCALAR", ...header, ...(paper ? ["Σ paper units"] : [])],
+      [...lead.align, "l", "l", ...new Array<"r">(width).fill("r")],
+      rows,
+    ),
+    ...(paper
+      ? [
+        "",
+        "Σ paper units: the paper's aggregate, which sums the per-layer values in its tables' " +
+        "units (1e4, 1e4, 1e5, 1e5).",
+      ]
+      : []),
+  ];
+}
+
+/** The absolute SCALAR ratio X / TopK paired by seed, one row per compared cell. */
+function ratioTable(p: PositionReport, lead: RowLead): string[] {
+  const rows = p.cells.flatMap((c) => {
+    const ratio = c.improvement?.absoluteRatio;
+    if (ratio === undefined) return [];
+    const text = (s: Stat | null | undefined) => s ? formatMeanStd(s) : "—";
+    return [[
+      ...lead.of(c),
+      String(ratio.seeds.length),
+      ...p.layers.map((l) => text(ratio.perLayer.find((s) => s.layer === l))),
+      text(ratio.sum),
+    ]];
+  });
+  if (rows.length === 0) return [];
+  return [
+    "### Absolute SCALAR ratio X / TopK (paired by seed)",
+    "",
+    mdTable(
+      [...lead.header, "paired seeds", ...p.layers.map((l) => `layer ${l}`), "Σ layers"],
+      [...lead.align, "r", ...p.layers.map(() => "r" as const), "r"],
+      rows,
+    ),
+    "",
+    "Per seed, abs_X / abs_TopK of the two runs with that seed; mean ± sample std over the seeds " +
+    "both cells finished. Below 1, X needs less absolute area. Relative SCALAR divides by " +
+    "E_tot / 2^18, so relative improvement = 1 − ratio · E_TopK / E_X: a Staircase `mlp-block` " +
+    "pair (512 × 1,024 edges, twice TopK's) reads +50 % at ratio 1.",
+  ];
+}
+
+/** Per-SAE metrics (`metrics`) or per-pair diagnostics, one row per cell and SAE or pair. */
+function statsTable(
+  p: PositionReport,
+  lead: RowLead,
+  column: string,
+  names: readonly string[],
+  of: (c: ReportCell) => { sae: string; values: Record<string, Stat> }[],
+): string {
+  const rows = p.cells.flatMap((c) => {
+    const seeds = formatSeedCount(c.n, c.expected);
+    const entries = of(c);
+    if (entries.length === 0) return [[...lead.of(c), "—", seeds, ...names.map(() => "—")]];
+    return entries.map((m) => [
+      ...lead.of(c),
+      m.sae,
+      seeds,
+      ...names.map((name) => statText(m.values[name], c)),
+    ]);
+  });
+  return mdTable(
+    [...lead.header, column, "seeds", ...names],
+    [...lead.align, "l", "l", ...names.map(() => "r" as const)],
+    rows,
+  );
+}
+
 function formatMarkdown(r: Report): string {
   const out: string[] = [
     `# SCALAR report: ${r.experiment}`,
@@ -581,91 +776,39 @@ function formatMarkdown(r: Report): string {
     "computed from the seed means (no std), against the TopK cell of the same position and " +
     "other parameters.",
   ];
-  const lead = (c: ReportCell) => r.hasParams ? [c.arch, c.label || "—"] : [c.arch];
-  const leadHeader = r.hasParams ? ["arch", "params"] : ["arch"];
-  const leadAlign: ("l" | "r")[] = r.hasParams ? ["l", "l"] : ["l"];
+  const lead: RowLead = r.hasParams
+    ? { header: ["arch", "params"], align: ["l", "l"], of: (c) => [c.arch, c.label || "—"] }
+    : { header: ["arch"], align: ["l"], of: (c) => [c.arch] };
   for (const p of r.positions) {
-    out.push("", `## Position \`${p.position}\``);
-    const layerHeader = p.layers.map((l) => `layer ${l}`);
+    out.push("", `## Position \`${p.position}\``, "");
     if (p.layers.length > 0) {
-      for (
-        const [field, title] of [
-          ["absolute", "SCALAR, absolute (KL × edges)"],
-          ["relative", "SCALAR, relative (× 2^18 / E_tot)"],
-        ] as const
-      ) {
-        out.push("", `### ${title}`, "");
-        out.push(mdTable(
-          [...leadHeader, "seeds", ...layerHeader, "Σ layers"],
-          [...leadAlign, "l", ...p.layers.map(() => "r" as const), "r"],
-          p.cells.map((c) => [
-            ...lead(c),
-            formatSeedCount(c.n, c.expected),
-            ...p.layers.map((l) => statText(c[field].perLayer.find((s) => s.layer === l), c)),
-            statText(c[field].sum, c),
-          ]),
-        ));
-      }
-      const paper = p.layers.length === PAPER_TABLE_UNITS.length;
-      out.push("", "### Improvement over TopK (relative SCALAR, % from seed means)", "");
-      out.push(mdTable(
-        [...leadHeader, "seeds", ...layerHeader, "Σ layers", ...(paper ? ["Σ paper units"] : [])],
-        [
-          ...leadAlign,
-          "l",
-          ...p.layers.map(() => "r" as const),
-          "r",
-          ...(paper ? ["r" as const] : []),
-        ],
-        p.cells.map((c) => {
-          const i = c.improvement;
-          const cells = c.isBaseline
-            ? [...p.layers.map(() => "baseline"), "baseline", ...(paper ? ["baseline"] : [])]
-            : i === null
-            ? [...p.layers.map(() => "—"), "—", ...(paper ? ["—"] : [])]
-            : [
-              ...i.relative.perLayer.map((l) => formatPercent(l.percent, i.incomplete)),
-              formatPercent(i.relative.sum, i.incomplete),
-              ...(paper ? [formatPercent(i.relative.paperUnits, i.incomplete)] : []),
-            ];
-          return [...lead(c), formatSeedCount(c.n, c.expected), ...cells];
-        }),
-      ));
-      if (paper) {
-        out.push(
-          "",
-          "Σ paper units: the paper's aggregate, which sums the per-layer values in its tables' " +
-            "units (1e4, 1e4, 1e5, 1e5).",
-        );
+      for (const table of [scalarTable, improvementTable, ratioTable]) {
+        const lines = table(p, lead);
+        if (lines.length > 0) out.push(...lines, "");
       }
     } else {
-      out.push("", "No SCALAR scores stored for this position.");
+      out.push("No SCALAR scores stored for this position.", "");
     }
-    out.push("", "### SAE metrics", "");
-    const rows: string[][] = [];
-    for (const c of p.cells) {
-      if (c.metrics.length === 0) {
-        rows.push([
-          ...lead(c),
-          "—",
-          formatSeedCount(c.n, c.expected),
-          ...r.metricNames.map(() => "—"),
-        ]);
-      }
-      for (const m of c.metrics) {
-        rows.push([
-          ...lead(c),
-          m.sae,
-          formatSeedCount(c.n, c.expected),
-          ...r.metricNames.map((name) => statText(m.values[name], c)),
-        ]);
-      }
+    out.push("### SAE metrics", "", statsTable(p, lead, "sae", r.metricNames, (c) => c.metrics));
+    if (p.cells.some((c) => c.diagnostics.length > 0)) {
+      out.push(
+        "",
+        "### Staircase diagnostics",
+        "",
+        statsTable(
+          p,
+          lead,
+          "pair",
+          r.diagnosticNames,
+          (c) => c.diagnostics.map(({ pair, values }) => ({ sae: pair, values })),
+        ),
+        "",
+        "shared_chunk_fraction: of the downstream SAE's active latents over the evaluation tokens, " +
+          "the share with an index below the upstream SAE's width (the chunk a Staircase pair " +
+          "shares; 1 for equal widths). diagonal_share_topN: the share of the N top-ranked edges " +
+          "that connect latent i to latent i.",
+      );
     }
-    out.push(mdTable(
-      [...leadHeader, "sae", "seeds", ...r.metricNames],
-      [...leadAlign, "l", "l", ...r.metricNames.map(() => "r" as const)],
-      rows,
-    ));
   }
   return out.join("\n") + "\n";
 }
@@ -678,8 +821,9 @@ function csvField(value: string | number | null): string {
 }
 
 /**
- * The CSV rows: one per value, in long form (`table` = seeds, scalar, improvement or metrics), so
- * that a spreadsheet or `read_csv` can pivot them.
+ * The CSV rows: one per value, in long form (`table` = seeds, scalar, improvement, ratio (the
+ * absolute ratio X / TopK paired by seed), metrics or diagnostics), so that a spreadsheet or
+ * `read_csv` can pivot them.
  */
 function formatCsv(r: Report): string {
   const header = [
@@ -757,12 +901,34 @@ function formatCsv(r: Report): string {
           }
         }
       }
-      for (const m of c.metrics) {
-        for (const name of r.metricNames) {
-          const s = m.values[name];
-          if (s !== undefined) {
-            row("metrics", m.sae, "", name, s.mean, s.std, s.n, s.n < c.expected);
+      if (i !== null) {
+        const { perLayer, sum } = i.absoluteRatio;
+        for (
+          const [layer, s] of [...perLayer.map((s) => [s.layer, s] as const), ["sum", sum] as const]
+        ) {
+          if (s !== null) {
+            row("ratio", "", layer, "absolute_ratio", s.mean, s.std, s.n, i.incomplete);
           }
+        }
+      }
+      const stats = [
+        ...c.metrics.map((m) => ({
+          table: "metrics",
+          sae: m.sae,
+          values: m.values,
+          names: r.metricNames,
+        })),
+        ...c.diagnostics.map((d) => ({
+          table: "diagnostics",
+          sae: d.pair,
+          values: d.values,
+          names: r.diagnosticNames,
+        })),
+      ];
+      for (const m of stats) {
+        for (const name of m.names) {
+          const s = m.values[name];
+          if (s !== undefined) row(m.table, m.sae, "", name, s.mean, s.std, s.n, s.n < c.expected);
         }
       }
     }
@@ -804,7 +970,8 @@ export function formatReport(report: Report, format: ReportFormat): string {
  * @param store An open store.
  * @param experiment The experiment's name.
  * @param curve Which curve's SCALAR. @default "model"
- * @param metrics The metrics to read. @default REPORT_METRICS
+ * @param metrics The SAE metrics to read (the Staircase diagnostics are read too). @default
+ *   REPORT_METRICS
  * @returns The runs (any status), and the scores and metrics of the finished ones.
  * @throws {StoreError} If the store holds no run of the experiment (naming the ones it holds).
  */
@@ -865,7 +1032,7 @@ export async function loadReportData(
   const metricRows: ReportMetric[] = (await c.runAndReadAll(
     `select m.run_id, m.sae, m.metric, m.value from metrics m join runs r on r.id = m.run_id
      where r.experiment = $1 and r.status = 'done' and list_contains($2, m.metric)`,
-    [experiment, listValue([...metrics])],
+    [experiment, listValue([...metrics, ...DIAGNOSTIC_METRICS])],
     [VARCHAR, LIST(VARCHAR)],
   )).getRowsJS().map(([runId, sae, metric, value]) => ({
     runId: runId as string,

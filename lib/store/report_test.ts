@@ -112,19 +112,23 @@ Deno.test("report() prints hand-computed mean ± std and improvement over TopK (
   try {
     await seed(store);
     const md = await report(store, { experiment: "demo" });
-    deepEqual(mdRows(md, "### SCALAR, relative"), [
-      ["arch", "seeds", "layer 0", "layer 1", "Σ layers"],
-      ["---", "---", "--:", "--:", "--:"],
-      ["topk", "n=3", "12.0 ± 2.00", "22.0 ± 2.00", "34.0 ± 4.00"],
-      ["staircase", "n=3", "5.00 ± 1.00", "10.0 ± 2.00", "15.0 ± 3.00"],
+    deepEqual(mdRows(md, "### SCALAR, absolute and relative"), [
+      ["arch", "seeds", "SCALAR", "layer 0", "layer 1", "Σ layers"],
+      ["---", "---", "---", "--:", "--:", "--:"],
+      ["topk", "n=3", "absolute", "1.20e4 ± 2.00e3", "2.20e4 ± 2.00e3", "3.40e4 ± 4.00e3"],
+      ["topk", "n=3", "relative", "12.0 ± 2.00", "22.0 ± 2.00", "34.0 ± 4.00"],
+      ["staircase", "n=3", "absolute", "5000 ± 1000", "1.00e4 ± 2.00e3", "1.50e4 ± 3.00e3"],
+      ["staircase", "n=3", "relative", "5.00 ± 1.00", "10.0 ± 2.00", "15.0 ± 3.00"],
     ]);
-    deepEqual(mdRows(md, "### SCALAR, absolute").slice(2), [
-      ["topk", "n=3", "1.20e4 ± 2.00e3", "2.20e4 ± 2.00e3", "3.40e4 ± 4.00e3"],
-      ["staircase", "n=3", "5000 ± 1000", "1.00e4 ± 2.00e3", "1.50e4 ± 3.00e3"],
-    ]);
+    // absolute = 1000 × relative in both cells, so both improvements agree.
     deepEqual(mdRows(md, "### Improvement over TopK").slice(2), [
-      ["topk", "n=3", "baseline", "baseline", "baseline"],
-      ["staircase", "n=3", "58.33%", "54.55%", "55.88%"],
+      ["topk", "n=3", "both", "baseline", "baseline", "baseline"],
+      ["staircase", "n=3", "relative", "58.33%", "54.55%", "55.88%"],
+      ["staircase", "n=3", "absolute", "58.33%", "54.55%", "55.88%"],
+    ]);
+    // Paired by seed: layer 0 4/10, 5/12, 6/14; layer 1 8/20, 10/22, 12/24; Σ 12/30, 15/34, 18/38.
+    deepEqual(mdRows(md, "### Absolute SCALAR ratio").slice(2), [
+      ["staircase", "3", "0.415 ± 0.0144", "0.452 ± 0.0501", "0.438 ± 0.0369"],
     ]);
     const metrics = mdRows(md, "### SAE metrics");
     deepEqual(metrics[0], ["arch", "sae", "seeds", "mse", "fvu", "l0", "ce_loss_increase"]);
@@ -160,10 +164,14 @@ Deno.test("report() flags cells with fewer finished seeds than expected", async 
     await seed(store);
     // Expected 5: every cell has 3 of 5.
     let md = await report(store, { experiment: "demo", expectedSeeds: 5 });
-    deepEqual(mdRows(md, "### SCALAR, relative").slice(2).map((r) => r[1]), ["n=3/5 ⚠", "n=3/5 ⚠"]);
+    deepEqual(
+      mdRows(md, "### SCALAR, absolute and relative").slice(2).map((r) => r[1]),
+      new Array(4).fill("n=3/5 ⚠"),
+    );
     deepEqual(mdRows(md, "### Improvement over TopK").slice(2)[1], [
       "staircase",
       "n=3/5 ⚠",
+      "relative",
       "58.33% ⚠",
       "54.55% ⚠",
       "55.88% ⚠",
@@ -182,14 +190,18 @@ Deno.test("report() flags cells with fewer finished seeds than expected", async 
       { error: "diverged" },
     );
     md = await report(store, { experiment: "demo" });
-    deepEqual(mdRows(md, "### SCALAR, relative").slice(2), [
-      ["topk", "n=3", "12.0 ± 2.00", "22.0 ± 2.00", "34.0 ± 4.00"],
-      ["staircase", "n=2/3 ⚠", "4.50 ± 0.707", "9.00 ± 1.41", "13.5 ± 2.12"],
-    ]);
+    deepEqual(
+      mdRows(md, "### SCALAR, absolute and relative").slice(2).filter((r) => r[2] === "relative"),
+      [
+        ["topk", "n=3", "relative", "12.0 ± 2.00", "22.0 ± 2.00", "34.0 ± 4.00"],
+        ["staircase", "n=2/3 ⚠", "relative", "4.50 ± 0.707", "9.00 ± 1.41", "13.5 ± 2.12"],
+      ],
+    );
     // (12 − 4.5)/12 = 62.50%, (22 − 9)/22 = 59.09%, (34 − 13.5)/34 = 60.29%.
     deepEqual(mdRows(md, "### Improvement over TopK").slice(2)[1], [
       "staircase",
       "n=2/3 ⚠",
+      "relative",
       "62.50% ⚠",
       "59.09% ⚠",
       "60.29% ⚠",
@@ -214,7 +226,10 @@ Deno.test("report() of one seed prints ±—", async () => {
   try {
     await storeRun(store, fakeRun(), fakeResult({ layers: [{ absolute: 5, relative: 5 }] }));
     const md = await report(store, { experiment: "demo" });
-    deepEqual(mdRows(md, "### SCALAR, relative").slice(2), [["topk", "n=1", "5.00 ±—", "5.00 ±—"]]);
+    deepEqual(mdRows(md, "### SCALAR, absolute and relative").slice(2), [
+      ["topk", "n=1", "absolute", "5.00 ±—", "5.00 ±—"],
+      ["topk", "n=1", "relative", "5.00 ±—", "5.00 ±—"],
+    ]);
   } finally {
     store.close();
   }
@@ -263,6 +278,7 @@ Deno.test("buildReport() improvement over TopK: per layer, summed and in the pap
   deepEqual(mdRows(md, "### Improvement over TopK").slice(2)[1], [
     "staircase",
     "n=1",
+    "relative",
     "77.78%",
     "49.24%",
     "46.50%",
@@ -314,8 +330,106 @@ Deno.test("buildReport() matches each cell to the TopK cell of the same other pa
     ],
   );
   const md = formatReport(buildReport(data), "md");
-  ok(md.includes("| arch | params | seeds | layer 0 | Σ layers |"));
-  ok(md.includes("| staircase | sae.k=30 | n=1 | — | — |"));
+  ok(md.includes("| arch | params | seeds | SCALAR | layer 0 | Σ layers |"));
+  ok(md.includes("| staircase | sae.k=30 | n=1 | relative | — | — |"));
+});
+
+/**
+ * A Staircase `mlp-block` pair has twice TopK's edges (512 × 1,024), so its relative SCALAR is half
+ * its absolute. Two seeds, two layers, absolute SCALAR:
+ *   topk      layer 0: 100, 200   layer 1: 400, 400
+ *   staircase layer 0: 100, 100   layer 1: 200, 600   (relative: half of these)
+ * Ratios paired by seed: layer 0 1, 0.5 → 0.75 ± 0.354; layer 1 0.5, 1.5 → 1.00 ± 0.707;
+ * Σ 300/500 = 0.6, 700/600 = 7/6 → 0.883 ± 0.401.
+ * From the seed means: layer 0 absolute 1 − 100/150 = 33.33 %, relative 1 − 50/150 = 66.67 %
+ * (= 1 − abs(S) / (2 · abs(T))); layer 1 absolute 1 − 400/400 = 0 %, relative 50 %.
+ * Diagnostics of the layer-0 pair: shared_chunk_fraction 0.6, 0.8 → 0.700 ± 0.141.
+ */
+async function seedStaircase(store: Store): Promise<void> {
+  const abs = { topk: [[100, 400], [200, 400]], staircase: [[100, 200], [100, 600]] };
+  for (const arch of ["topk", "staircase"] as const) {
+    for (const s of [0, 1]) {
+      const half = arch === "staircase" ? 2 : 1;
+      const result = fakeResult({
+        layers: abs[arch][s]!.map((a) => ({ absolute: a, relative: a / half })),
+      });
+      if (arch === "staircase") {
+        result.pairs[0]!.diagnostics = {
+          shared_chunk_fraction: [0.6, 0.8][s]!,
+          diagonal_share_top512: 0.25,
+        };
+      }
+      await storeRun(
+        store,
+        fakeRun({
+          id: `st-${arch}-${s}`,
+          experiment: "st",
+          seed: s,
+          config: { position: "mlp-block", sae: { arch } },
+          varied: { "sae.arch": arch, seed: s },
+        }),
+        result,
+      );
+    }
+  }
+}
+
+Deno.test("report() puts absolute beside relative: a Staircase pair with twice the edges, ratio paired by seed, diagnostics", async () => {
+  const store = await openStore(":memory:");
+  try {
+    await seedStaircase(store);
+    const md = await report(store, { experiment: "st" });
+    deepEqual(mdRows(md, "### SCALAR, absolute and relative").slice(2), [
+      ["topk", "n=2", "absolute", "150 ± 70.7", "400 ± 0", "550 ± 70.7"],
+      ["topk", "n=2", "relative", "150 ± 70.7", "400 ± 0", "550 ± 70.7"],
+      ["staircase", "n=2", "absolute", "100 ± 0", "400 ± 283", "500 ± 283"],
+      ["staircase", "n=2", "relative", "50.0 ± 0", "200 ± 141", "250 ± 141"],
+    ]);
+    deepEqual(mdRows(md, "### Improvement over TopK").slice(3), [
+      ["staircase", "n=2", "relative", "66.67%", "50.00%", "54.55%"],
+      ["staircase", "n=2", "absolute", "33.33%", "0.00%", "9.09%"],
+    ]);
+    deepEqual(mdRows(md, "### Absolute SCALAR ratio").slice(2), [
+      ["staircase", "2", "0.750 ± 0.354", "1.00 ± 0.707", "0.883 ± 0.401"],
+    ]);
+    deepEqual(mdRows(md, "### Staircase diagnostics"), [
+      ["arch", "pair", "seeds", "shared_chunk_fraction", "diagonal_share_top512"],
+      ["---", "---", "---", "--:", "--:"],
+      ["topk", "—", "n=2", "—", "—"],
+      ["staircase", `${mlpHooks(0).join("→")}`, "n=2", "0.700 ± 0.141", "0.250 ± 0"],
+    ]);
+
+    const csv = parseCsv(await report(store, { experiment: "st", format: "csv" }));
+    const ratio = csv.filter((r) => r.table === "ratio");
+    deepEqual(ratio.map((r) => [r.arch, r.layer, r.measure, r.n]), [
+      ["staircase", "0", "absolute_ratio", "2"],
+      ["staircase", "1", "absolute_ratio", "2"],
+      ["staircase", "sum", "absolute_ratio", "2"],
+    ]);
+    const expected = [
+      [0.75, Math.SQRT1_2 / 2],
+      [1, Math.SQRT1_2],
+      [(0.6 + 7 / 6) / 2, (7 / 6 - 0.6) / Math.SQRT2],
+    ];
+    ratio.forEach((r, i) => {
+      ok(Math.abs(Number(r.mean) - expected[i]![0]!) < 1e-12, r.mean);
+      ok(Math.abs(Number(r.std) - expected[i]![1]!) < 1e-12, r.std);
+    });
+    const diag = csv.find((r) =>
+      r.table === "diagnostics" && r.measure === "shared_chunk_fraction"
+    )!;
+    deepEqual([diag.sae, Number(diag.mean)], [mlpHooks(0).join("→"), 0.7]);
+
+    const json = JSON.parse(await report(store, { experiment: "st", format: "json" }));
+    const stair = json.positions[0].cells[1];
+    deepEqual(stair.improvement.absoluteRatio.seeds, [0, 1]);
+    equal(stair.improvement.absoluteRatio.perLayer[0].mean, 0.75);
+    equal(stair.improvement.relative.perLayer[0].percent, 100 * ((150 - 50) / 150));
+    equal(stair.improvement.absolute.perLayer[0].percent, 100 * ((150 - 100) / 150));
+    deepEqual(json.diagnosticNames, ["shared_chunk_fraction", "diagonal_share_top512"]);
+  } finally {
+    store.close();
+  }
 });
 
 function parseCsv(text: string): Record<string, string>[] {
