@@ -715,7 +715,13 @@ async function inspectGpt2(dir: string): Promise<{ problem?: string; shape?: GPT
 
 /** Whether a folder holds a finished model checkpoint, and its shape. */
 async function inspectModel(dir: string): Promise<{ problem?: string; shape?: GPTConfig }> {
-  const train = `train it with \`deno task train-model ${await trainingManifest(dir)}\``;
+  const manifest = await trainingManifest(dir);
+  // models/ holds the shipped models (the toy manifests' default): say how to get them back first.
+  const train = dir.startsWith("models/")
+    ? `it ships with the project (restore it with \`git checkout -- ${dir}\`), or train it with ` +
+      `\`deno task train-model ${manifest}\` and copy ` +
+      `results/models/${basename(manifest, ".yaml")}-best to ${dir}`
+    : `train it with \`deno task train-model ${manifest}\``;
   const exists = async (name: string) => {
     try {
       await Deno.stat(`${dir}/${name}`);

@@ -414,6 +414,16 @@ const MALFORMED: { what: string; text: string; expect: string[] }[] = [
     ],
   },
   {
+    what: "missing shipped model",
+    text: "name: t\nmodel:\n  checkpoint: models/absent-model\n",
+    expect: [
+      'm.yaml:3:3: model.checkpoint: Cannot find trained model "models/absent-model": the ' +
+      "folder does not exist; it ships with the project (restore it with `git checkout -- " +
+      "models/absent-model`), or train it with `deno task train-model " +
+      "experiments/toy-model.yaml` and copy results/models/toy-model-best to models/absent-model",
+    ],
+  },
+  {
     what: "a GPT-2 folder without weights",
     text: `name: t\nmodel:\n  kind: gpt2\n  path: ${GPT2}/empty\n`,
     expect: [
