@@ -6,7 +6,8 @@
 import { expandManifest } from "../experiment/manifest.ts";
 import { openStore } from "../store/db.ts";
 import { query, QUERY_FORMATS, type QueryFormat } from "../store/query.ts";
-import { writePlots } from "../store/plots.ts";
+import { writePlots } from "../store/charts.ts";
+import { htmlReportPath, writeHtmlReport } from "../store/html.ts";
 import { type CellKey, report, type ReportFormat } from "../store/report.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 import { mergeBeforeReading } from "./merge.ts";
@@ -24,7 +25,7 @@ export const reportCommand: Command = {
   summary: "print the paper's tables (mean ± std over seeds) from stored results",
   help:
     `Usage: deno task report MANIFEST | --experiment NAME [--format md|csv|json] [--curve model|full]
-                        [--plot [--plot-dir DIR]] [--db PATH]
+                        [--plot [--plot-dir DIR]] [--html] [--db PATH]
 
 Per position and architecture: SCALAR (absolute and relative, per layer), its improvement over
 TopK, and mse, fvu, l0 and ce_loss_increase — each as mean ± std over seeds with the seed count.
@@ -35,8 +36,11 @@ Options:
   --format FORMAT    md (default), csv or json
   --curve CURVE      SCALAR against the "model" (the paper's, default) or the "full" circuit
   --plot             also write SVG charts (and PNG where rsvg-convert or ImageMagick exists):
-                     KL ablation curves per layer with seed bands, relative SCALAR per layer
+                     KL ablation curves per layer with seed bands, SCALAR per layer, SAE metrics
   --plot-dir DIR     where the charts go (default results/plots)
+  --html             also write one self-contained HTML page (results/reports/NAME.html): the
+                     tables, the same charts drawn interactively, and a feature browser (top
+                     contexts of every feature of every SAE of one run per cell)
   --db PATH          results database (default ${DEFAULT_DB})
   -h, --help         show this help`,
   async run(args) {
@@ -46,6 +50,7 @@ Options:
       curve: { type: "string" },
       db: { type: "string" },
       plot: { type: "boolean" },
+      html: { type: "boolean" },
       "plot-dir": { type: "string" },
     });
     const format = (values.format ?? "md") as ReportFormat;
@@ -90,6 +95,12 @@ Options:
           outDir: values["plot-dir"],
         });
         for (const f of files) console.error(`wrote ${f}`);
+      }
+      if (values.html) {
+        const out = htmlReportPath(experiment);
+        console.error(
+          `wrote ${await writeHtmlReport(store, { experiment, curve, expectedSeeds, out })}`,
+        );
       }
     } finally {
       store.close();

@@ -13,18 +13,17 @@ import {
 } from "../experiment/manifest.ts";
 import { estimateRuns, formatEstimate, measureThroughput } from "../experiment/estimate.ts";
 import { prepareRuns } from "../experiment/prepare.ts";
-import { runSaeExperiment, type SaeRunConfig } from "../experiment/sae_run.ts";
-import { openStore, type Store } from "../store/db.ts";
-import {
-  markRunning,
-  type RunRecord,
-  type RunStatus,
-  runStatuses,
-  storeRun,
-} from "../store/write.ts";
-import { formatDuration } from "../util/progress.ts";
+import { type SaeRunConfig } from "../experiment/sae_run.ts";
+import { removeAbandonedFills } from "../sae/activation_cache.ts";
+import { currentOwner, ownerAlive } from "../store/claims.ts";
+import { type Store, StoreError, withStore as useStore } from "../store/db.ts";
+import { type RunRecord, type RunStatus, runStatuses } from "../store/write.ts";
+import denoConfig from "../../deno.json" with { type: "json" };
+import { formatDuration, LiveLog } from "../util/progress.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 import { mergeBeforeReading } from "./merge.ts";
+import { describeResult, printJobReport } from "./run_report.ts";
+import { RESULT_FILE, runClaimed, StoreAccess } from "./run_claimed.ts";
 import {
   checkSlurmOptions,
   describeSlurmState,
@@ -40,18 +39,33 @@ export const DEFAULT_DB = "results/scalar.duckdb";
 /** Where the activation caches that runs share live. */
 const CACHE_ROOT = "results/cache";
 
+/** Where each run's folder lives. */
+const RUNS_ROOT = "results/runs";
+
 const COMMON_HELP = `  --db PATH        results database (default ${DEFAULT_DB})
   --only KEY=VALUE only runs whose varied parameter (or seed) has this value; repeatable
   -h, --help       show this help`;
 
 /** Opens the store for one short piece of work: DuckDB lets one writer hold the file at a time. */
-async function withStore<T>(db: string, work: (store: Store) => Promise<T>): Promise<T> {
-  const store = await openStore(db);
-  try {
-    return await work(store);
-  } finally {
-    store.close();
-  }
+function withStore<T>(db: string, work: (store: Store) => Promise<T>): Promise<T> {
+  return useStore(db, {}, work);
+}
+
+/**
+ * Interrupts the grid (as Ctrl-C does) when this process loses its parent: a `deno task` wrapper
+ * killed with SIGKILL cannot pass a signal on, and its runner would otherwise go on unseen.
+ *
+ * @returns Stops watching.
+ */
+function watchParent(interrupt: () => void): () => void {
+  const parent = Deno.ppid;
+  const timer = setInterval(() => {
+    if (Deno.ppid !== parent) {
+      clearInterval(timer);
+      interrupt();
+    }
+  }, 1000);
+  return () => clearInterval(timer);
 }
 
 /** Applies `--only key=value` filters to the grid. */
@@ -92,6 +106,7 @@ async function loadGrid(args: string[]) {
     force: { type: "boolean" },
     "fail-fast": { type: "boolean" },
     yes: { type: "boolean" },
+    verbose: { type: "boolean" },
     "run-id": { type: "string", multiple: true },
     prepare: { type: "boolean" },
     ...SLURM_RUN_OPTIONS,
@@ -107,7 +122,7 @@ async function loadGrid(args: string[]) {
   // A Slurm grid's prepare job runs while array tasks write: it opens no database.
   const statuses = values.prepare ? new Map<string, RunStatus>() : await (async () => {
     await mergeBeforeReading(db, expansion.manifest.name);
-    return await withStore(db, (s) => runStatuses(s, expansion.manifest.name));
+    return await withStore(db, (s) => runStatuses(s, runs.map((r) => r.id)));
   })();
   return { values, expansion, runs, db, statuses };
 }
@@ -156,7 +171,12 @@ ${COMMON_HELP}`,
     console.log(`${expansion.manifest.name}: ${runs.length} runs`);
     for (const r of runs) {
       const s = statuses.get(r.id);
-      const status = s?.status === "done" || s?.status === "failed" ? s.status : "pending";
+      const busy = s?.owner && await ownerAlive(s.owner);
+      const status = s?.status === "done" || s?.status === "failed"
+        ? s.status
+        : busy
+        ? "running"
+        : "pending";
       console.log(
         `${r.id}  ${status.padEnd(7)}  ${slurmText(r).padEnd(slurmWidth)}${describeRun(r)}` +
           `${s?.error ? `  (${s.error})` : ""}`,
@@ -180,7 +200,7 @@ in the results database in one transaction per run. A run's id is a hash of its 
 so running the manifest again skips finished runs; an interrupted run resumes from its
 checkpoint. A failed run records its error and the grid goes on. Before it starts, it prints
 the grid's estimated peak memory and time on the chosen backend, and refuses a grid whose memory
-cannot fit.
+cannot fit. It ends with the report's improvement table and writes the HTML report.
 
 Options:
   --backend NAME   auto | tensorflow | webgpu | wasm | cpu (default: $SCALAR_BACKEND, then the
@@ -188,6 +208,8 @@ Options:
   --force          run done runs again
   --fail-fast      stop at the first failed run
   --yes            run even when the estimated memory exceeds what is available
+  --verbose        print every progress line (each ablation-curve point too) instead of one
+                   status line redrawn in place (a line every 15 s when piped)
   --run-id ID      only this run (repeatable); what a Slurm array task runs
   --prepare        only the work the runs share (tokens, activation caches), no training and no
                    database: what a Slurm grid's first job does
@@ -227,18 +249,27 @@ ${COMMON_HELP}`,
     const abort = new AbortController();
     const onInterrupt = () => {
       if (abort.signal.aborted) Deno.exit(130);
-      console.error("\ninterrupt: saving a checkpoint of the current run (Ctrl-C again to quit)");
+      console.error(
+        "\ninterrupt: stopping the current run at its next safe point, resumable (Ctrl-C again " +
+          "to quit now)",
+      );
       abort.abort();
     };
     Deno.addSignalListener("SIGINT", onInterrupt);
+    const stopWatching = watchParent(onInterrupt);
+    await removeAbandonedFills(CACHE_ROOT, (line) => console.error(line));
+    const store = new StoreAccess(db, (line) => console.error(line));
+    const owner = await currentOwner();
     const began = performance.now();
     const summary: string[] = [];
+    const live = new LiveLog({ verbose: values.verbose });
     let failed = 0;
     try {
       for (const [i, r] of pending.entries()) {
         const done = performance.now() - began;
         const eta = i === 0 ? "?" : formatDuration((done / i) * (pending.length - i) / 1000);
-        console.error(`\n[run ${i + 1}/${pending.length}, ETA ${eta}] ${r.id}: ${describeRun(r)}`);
+        live.label = `[run ${i + 1}/${pending.length} ${r.config.sae.arch}]`;
+        live.status(`${r.id}: ${describeRun(r)}; grid ETA ${eta}`);
         const record: RunRecord = {
           id: r.id,
           experiment: manifest.name,
@@ -247,45 +278,66 @@ ${COMMON_HELP}`,
           varied: r.varied,
           seed: r.seed,
           backend: backend.detail,
-          versions: { deno: Deno.version.deno, tfjs: tf.version_core, scalarLab: "0.1.0" },
+          versions: {
+            deno: Deno.version.deno,
+            tfjs: tf.version_core,
+            scalarLab: denoConfig.version,
+          },
           startedAt: new Date(),
           wallSeconds: 0,
         };
-        await withStore(db, (s) => markRunning(s, record));
-        const t0 = performance.now();
+        let outcome;
         try {
-          const result = await runSaeExperiment(r.config, {
-            runDir: `results/runs/${r.id}`,
+          outcome = await runClaimed(r, record, {
+            store,
+            owner,
+            force: values.force ?? false,
+            runsRoot: RUNS_ROOT,
             cacheRoot: CACHE_ROOT,
-            seed: r.seed,
             signal: abort.signal,
-            log: (line) => console.error(`  ${line}`),
+            log: (line) => live.status(line),
           });
-          if (result === undefined) {
-            console.error("interrupted: run the same command again to resume");
-            return 130;
-          }
-          record.wallSeconds = (performance.now() - t0) / 1000;
-          await withStore(db, (s) => storeRun(s, record, result));
-          const ce = result.metrics.run.ce_loss_all_increase;
-          summary.push(`${r.id}  done    ${describeRun(r)}  ce_loss_all_increase=${ce.toFixed(4)}`);
         } catch (e) {
+          if (!(e instanceof StoreError)) throw e;
+          live.clear();
+          throw new StoreError(
+            `${e.message}\nRun ${r.id} is not stored; what it finished is kept in ` +
+              `${RUNS_ROOT}/${r.id}/ (${RESULT_FILE} once it finished), and running the grid ` +
+              `again imports it`,
+          );
+        }
+        live.clear();
+        if (outcome.kind === "interrupted") {
+          console.error("interrupted: run the same command again to resume");
+          return 130;
+        }
+        if (outcome.kind === "skipped") {
+          console.error(`run ${r.id} skipped: ${outcome.why}`);
+        } else if (outcome.kind === "done") {
+          const ce = outcome.result.metrics.run.ce_loss_all_increase;
+          summary.push(`${r.id}  done    ${describeRun(r)}  ce_loss_all_increase=${ce.toFixed(4)}`);
+          live.print(`${live.label} ${describeResult(r.id, record.wallSeconds, outcome.result)}`);
+        } else {
           failed++;
-          const message = e instanceof Error ? e.message : String(e);
-          record.wallSeconds = (performance.now() - t0) / 1000;
-          await withStore(db, (s) => storeRun(s, record, { error: message }));
-          console.error(`run ${r.id} failed: ${message}`);
-          summary.push(`${r.id}  failed  ${describeRun(r)}  ${message.split("\n")[0]}`);
+          console.error(
+            `run ${r.id} failed: ${outcome.message}` +
+              (outcome.kept ? "\n(its earlier results stay stored)" : ""),
+          );
+          summary.push(`${r.id}  failed  ${describeRun(r)}  ${outcome.message.split("\n")[0]}`);
           if (values["fail-fast"]) break;
+        }
+        if (abort.signal.aborted) {
+          console.error("interrupted: run the same command again to run the rest");
+          return 130;
         }
       }
     } finally {
+      stopWatching();
       Deno.removeSignalListener("SIGINT", onInterrupt);
     }
-    console.log(summary.join("\n"));
-    console.error(
-      `\n${summary.length - failed} done, ${failed} failed; see: deno task report ${manifest.file}`,
-    );
+    if (values.verbose) console.log(summary.join("\n"));
+    console.error(`${summary.length - failed} done, ${failed} failed`);
+    if (summary.length > failed) await printJobReport(manifest, db);
     return failed ? 1 : 0;
   },
 };
