@@ -314,16 +314,19 @@ ${COMMON_HELP}`,
         if (outcome.kind === "skipped") {
           console.error(`run ${r.id} skipped: ${outcome.why}`);
         } else if (outcome.kind === "done") {
-          const ce = outcome.result.metrics.run.ce_loss_all_increase;
-          summary.push(`${r.id}  done    ${describeRun(r)}  ce_loss_all_increase=${ce.toFixed(4)}`);
-          live.print(`${live.label} ${describeResult(r.id, record.wallSeconds, outcome.result)}`);
+          const line = `${r.id}  done    ${describeRun(r)}  ` +
+            describeResult(record.wallSeconds, outcome.result);
+          summary.push(line);
+          live.result(line);
         } else {
           failed++;
           console.error(
             `run ${r.id} failed: ${outcome.message}` +
               (outcome.kept ? "\n(its earlier results stay stored)" : ""),
           );
-          summary.push(`${r.id}  failed  ${describeRun(r)}  ${outcome.message.split("\n")[0]}`);
+          const line = `${r.id}  failed  ${describeRun(r)}  ${outcome.message.split("\n")[0]}`;
+          summary.push(line);
+          live.result(line);
           if (values["fail-fast"]) break;
         }
         if (abort.signal.aborted) {
@@ -335,7 +338,6 @@ ${COMMON_HELP}`,
       stopWatching();
       Deno.removeSignalListener("SIGINT", onInterrupt);
     }
-    if (values.verbose) console.log(summary.join("\n"));
     console.error(`${summary.length - failed} done, ${failed} failed`);
     if (summary.length > failed) await printJobReport(manifest, db);
     return failed ? 1 : 0;

@@ -13,13 +13,12 @@ import { report } from "../store/report.ts";
 import { formatDuration } from "../util/progress.ts";
 
 /**
- * One line about a finished run: its id, time, reconstruction (fvu range over its SAEs, the worst
- * hook), and its relative SCALAR summed over pairs.
+ * What a finished run's summary line says of it: its time, reconstruction (fvu range over its
+ * SAEs, the worst hook), CE loss increase, and relative SCALAR summed over pairs.
  *
- * @param id The run id.
  * @param seconds Its wall time.
  * @param result Its results.
- * @returns e.g. `0a1b2c3d4e5f done in 1m05s: fvu 0.031–0.092 (worst blocks.3.hook_resid_mid), …`.
+ * @returns e.g. `1m05s, fvu 0.031–0.092 (worst blocks.3.hook_resid_mid), …`.
  *
  * @example
  * ```ts
@@ -31,18 +30,18 @@ import { formatDuration } from "../util/progress.ts";
  *   pairs: [{ scores: { model: { relative: 1200 } } }, { scores: { model: { relative: 800 } } }],
  * } as never;
  * equal(
- *   describeResult("0a1b2c3d4e5f", 65, result),
- *   "0a1b2c3d4e5f done in 1m05s: fvu 0.050–0.120 (worst b), CE +0.250 with all SAEs, " +
+ *   describeResult(65, result),
+ *   "1m05s, fvu 0.050–0.120 (worst b), CE +0.250 with all SAEs, " +
  *     "relative SCALAR Σ 2.00e+3",
  * );
  * ```
  */
-export function describeResult(id: string, seconds: number, result: SaeRunResult): string {
+export function describeResult(seconds: number, result: SaeRunResult): string {
   const fvus = Object.entries(result.metrics.saes).map(([hook, m]) => [hook, m.fvu] as const);
   const worst = fvus.reduce((a, b) => (b[1] > a[1] ? b : a));
   const low = Math.min(...fvus.map(([, v]) => v));
   const scalar = result.pairs.reduce((s, p) => s + p.scores.model.relative, 0);
-  return `${id} done in ${formatDuration(seconds)}: fvu ${low.toFixed(3)}–${worst[1].toFixed(3)} ` +
+  return `${formatDuration(seconds)}, fvu ${low.toFixed(3)}–${worst[1].toFixed(3)} ` +
     `(worst ${worst[0]}), CE +${result.metrics.run.ce_loss_all_increase.toFixed(3)} with all ` +
     `SAEs` + (result.pairs.length > 0 ? `, relative SCALAR Σ ${scalar.toExponential(2)}` : "");
 }

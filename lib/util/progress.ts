@@ -107,6 +107,8 @@ export interface LiveLogOptions {
   columns?: number;
   /** Where text goes (lines end in `\n`; a redraw starts with `\r`). @default stderr */
   write?: (text: string) => void;
+  /** Where {@link LiveLog.result} lines go. @default stdout */
+  writeResult?: (text: string) => void;
   /** The clock, in milliseconds. @default performance.now */
   now?: () => number;
 }
@@ -151,6 +153,7 @@ export class LiveLog {
   readonly #intervalMs: number;
   readonly #columns: number;
   readonly #write: (text: string) => void;
+  readonly #writeResult: (text: string) => void;
   readonly #now: () => number;
   #stage = "";
   #shown = "";
@@ -164,6 +167,7 @@ export class LiveLog {
     this.#columns = o.columns ?? terminalColumns();
     const encoder = new TextEncoder();
     this.#write = o.write ?? ((text) => Deno.stderr.writeSync(encoder.encode(text)));
+    this.#writeResult = o.writeResult ?? ((text) => Deno.stdout.writeSync(encoder.encode(text)));
     this.#now = o.now ?? (() => performance.now());
   }
 
@@ -199,6 +203,17 @@ export class LiveLog {
   print(line: string): void {
     if (!this.#tty) return this.#write(`${line}\n`);
     this.#write(`\r\x1b[2K${line}\n${this.#shown}`);
+  }
+
+  /**
+   * Writes a result line (a finished run's summary) to the result stream, above the status line.
+   *
+   * @param line The line, without a newline.
+   */
+  result(line: string): void {
+    if (this.#tty && this.#shown !== "") this.#write("\r\x1b[2K");
+    this.#writeResult(`${line}\n`);
+    if (this.#tty && this.#shown !== "") this.#write(this.#shown);
   }
 
   /** Clears the status line (before the job prints its results). */
