@@ -12,6 +12,7 @@ import { type GPTConfig, parameterShapes } from "../model/gpt.ts";
 import { gptConfigFromHf } from "../model/gpt2.ts";
 import { formatDuration } from "../util/progress.ts";
 import { DEFAULT_MEMORY_BUDGET_BYTES } from "../sae/activation_cache.ts";
+import { saeShapes } from "../sae/architectures.ts";
 import { layoutPosition } from "../sae/positions.ts";
 import { type SaeRunConfig, sequencesPerPass } from "./sae_run.ts";
 
@@ -47,12 +48,9 @@ const EDGE_BYTES = 32;
  */
 export function saeWidths(config: SaeRunConfig, nLayer: number): Map<string, number> {
   const layout = layoutPosition(config.position, nLayer, config.layers);
-  const stair = config.sae.arch.startsWith("staircase");
-  const widths = new Map<string, number>();
-  for (const chain of layout.chains) {
-    chain.forEach((h, j) => widths.set(h, (stair ? j + 1 : 1) * config.sae.features));
-  }
-  return widths;
+  // An SAE's width is its encoder bias's length, whatever the activation width (1 here).
+  const shapes = saeShapes(config.sae, layout, 1);
+  return new Map(layout.hooks.map((h) => [h, shapes.get(`${h}/b_enc`)![0]!]));
 }
 
 /**
@@ -65,14 +63,8 @@ export function saeWidths(config: SaeRunConfig, nLayer: number): Map<string, num
  * @returns The count (the paper's 528,896 for TopK at the toy model's mlp-block).
  */
 export function saeParameterCount(config: SaeRunConfig, d: number, nLayer: number): number {
-  const layout = layoutPosition(config.position, nLayer, config.layers);
-  const widths = saeWidths(config, nLayer);
-  const biases = [...widths.values()].reduce((n, w) => n + w + d, 0);
-  const stair = config.sae.arch.startsWith("staircase");
-  const matrices = stair
-    ? layout.chains.reduce((n, c) => n + 2 * d * widths.get(c.at(-1)!)!, 0)
-    : [...widths.values()].reduce((n, w) => n + 2 * d * w, 0);
-  return matrices + biases;
+  const shapes = saeShapes(config.sae, layoutPosition(config.position, nLayer, config.layers), d);
+  return [...shapes.values()].reduce((n, shape) => n + shape.reduce((a, b) => a * b, 1), 0);
 }
 
 /** The corpus sizes an estimate needs. */

@@ -1,72 +1,93 @@
 /**
- * The SAE architectures, as one registry: an architecture turns a position's layout into a set of
- * SAEs (their parameters and, per hook, the weights to encode and decode with). Training, metrics
- * and SCALAR see only {@link SaeSet}, never the architecture.
- *
- * - `topk`: an independent TopK SAE per hook.
- * - `staircase`: one dictionary per chain (`positions.ts`); the SAE at the j-th hook of a chain uses
- *   its first (j + 1) · features features, with biases of its own, so a feature that passes through
- *   keeps its index.
- * - `staircase-detached`: the same prefixes, but an SAE's loss trains only its own chunk: gradients
- *   into earlier chunks are stopped.
- * - `jsae`: TopK SAEs whose pairs add the Jacobian sparsity loss (`jacobian.ts`).
+ * The SAE architectures, as one registry: each lives in its own file under `arch/` (what it is
+ * told in `arch/spec.ts`: the positions it serves, its parameters, its weights per hook, its flat
+ * views for the engines, its extra loss, its role in reports), and one line here adds it. An
+ * architecture turns a position's layout into a set of SAEs; training, metrics and SCALAR see
+ * only {@link SaeSet}, never the architecture.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { createRng } from "../util/rng.ts";
+import { JSAE } from "./arch/jsae.ts";
+import {
+  ArchitectureError,
+  type ArchitectureSpec,
+  type SaeConfig,
+  type SaeSet,
+} from "./arch/spec.ts";
+import { STAIRCASE } from "./arch/staircase.ts";
+import { STAIRCASE_DETACHED } from "./arch/staircase_detached.ts";
+import { TOPK } from "./arch/topk.ts";
 import type { Position, PositionLayout } from "./positions.ts";
-import { initSaeValues, type SaeWeights } from "./sae.ts";
+import { initSaeValues } from "./sae.ts";
 
-/** The architectures a manifest can name. */
-export const ARCHITECTURES = ["topk", "staircase", "staircase-detached", "jsae"] as const;
+export { ArchitectureError, type SaeConfig, type SaeSet };
+
+/** Every architecture by the name manifests use, in the order reports show them. */
+const REGISTRY = {
+  topk: TOPK,
+  staircase: STAIRCASE,
+  "staircase-detached": STAIRCASE_DETACHED,
+  jsae: JSAE,
+} as const satisfies Record<string, ArchitectureSpec>;
 
 /** An SAE architecture. */
-export type Architecture = typeof ARCHITECTURES[number];
+export type Architecture = keyof typeof REGISTRY;
 
-/** Settings of the SAEs of one run (the manifest's `sae` section). */
-export interface SaeConfig {
-  /** Which architecture. */
-  arch: Architecture;
-  /**
-   * Features per SAE; for Staircase the chunk size: the j-th SAE of a chain has (j + 1) · features
-   * (toy: 512 = 8 × d_model; GPT-2: 24,576).
-   */
-  features: number;
-  /** Features kept per token (toy 10, GPT-2 32). */
-  k: number;
-  /** Weight λ of the JSAE Jacobian loss (summed over tokens, divided by k²). */
-  jsaeLambda: number;
+/**
+ * The architectures a manifest can name, in the order reports show them.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { ARCHITECTURES } from "./architectures.ts";
+ *
+ * assert.equal(ARCHITECTURES[0], "topk");
+ * ```
+ */
+export const ARCHITECTURES = Object.keys(REGISTRY) as readonly Architecture[];
+
+/**
+ * The registry entry of an architecture.
+ *
+ * @param arch Its name.
+ * @returns What it is (`arch/spec.ts`).
+ * @throws {ArchitectureError} For a name the registry does not hold, listing those it does.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { architecture } from "./architectures.ts";
+ *
+ * assert.equal(architecture("jsae").pairLoss !== undefined, true);
+ * assert.throws(() => architecture("jsea"), /Unknown SAE architecture "jsea"/);
+ * ```
+ */
+export function architecture(arch: string): ArchitectureSpec {
+  // Own keys only: "toString" is no architecture.
+  if (!Object.hasOwn(REGISTRY, arch)) {
+    throw new ArchitectureError(
+      `Unknown SAE architecture "${arch}": use one of ${ARCHITECTURES.join(", ")}`,
+    );
+  }
+  return REGISTRY[arch as Architecture];
 }
 
-/** The SAEs of one run: parameters plus, per hook, the weights to use. */
-export interface SaeSet {
-  /** The architecture that built it. */
-  readonly arch: Architecture;
-  /** Hooks with an SAE, in forward order. */
-  readonly hooks: readonly string[];
-  /** Features kept per token. */
-  readonly k: number;
-  /** Trainable parameters by name (`<hook>/W_enc`, `chain0/W_dec`, …). */
-  readonly params: ReadonlyMap<string, tf.Variable>;
-  /** Number of features of the SAE at a hook. */
-  width(hook: string): number;
-  /** The weights of the SAE at a hook; for Staircase, slices of the shared dictionary. */
-  weights(hook: string): SaeWeights;
-  /** Frees the parameters. */
-  dispose(): void;
-}
-
-/** The identity whose gradient is zero (tfjs has no stop-gradient op). */
-const stopGradient = (x: tf.Tensor): tf.Tensor =>
-  tf.customGrad((t) => ({
-    value: (t as tf.Tensor).clone(),
-    gradFunc: (dy) => tf.zerosLike(dy as tf.Tensor),
-  }))(x);
-
-/** Thrown when an architecture cannot serve a position; says why. */
-export class ArchitectureError extends Error {
-  override name = "ArchitectureError";
+/**
+ * Whether reports measure other architectures' improvement against this one.
+ *
+ * @param arch An architecture name, as stored with a run.
+ * @returns True for the baseline (TopK); false for the others and unknown names.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isBaseline } from "./architectures.ts";
+ *
+ * assert.deepEqual([isBaseline("topk"), isBaseline("staircase"), isBaseline("x")], [true, false, false]);
+ * ```
+ */
+export function isBaseline(arch: string): boolean {
+  return Object.hasOwn(REGISTRY, arch) && architecture(arch).baseline;
 }
 
 /**
@@ -74,18 +95,47 @@ export class ArchitectureError extends Error {
  *
  * @param arch The architecture.
  * @param position The position.
- * @throws {ArchitectureError} For `jsae` outside `mlp`, with the reason.
+ * @throws {ArchitectureError} When the architecture cannot serve the position (`jsae` outside
+ *   `mlp`), with the reason.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkArchitecture } from "./architectures.ts";
+ *
+ * checkArchitecture("staircase", "block");
+ * assert.throws(() => checkArchitecture("jsae", "block"), /Cannot train "jsae" at position "block"/);
+ * ```
  */
 export function checkArchitecture(arch: Architecture, position: Position): void {
-  if (arch !== "jsae" || position === "mlp") return;
-  throw new ArchitectureError(
-    position === "block"
-      ? `Cannot train "jsae" at position "block": its Jacobian needs an MLP between the pair, and ` +
-        `attention mixes positions, so no cheap closed form exists (the paper's finding); use ` +
-        `"mlp" or another architecture`
-      : `Cannot train "jsae" at position "${position}": only "mlp" is supported (the paper's ` +
-        `tables use JSAEs across the MLP alone; the block Jacobian through ln_2 is not implemented)`,
-  );
+  const problem = architecture(arch).positionProblem(position);
+  if (problem !== undefined) throw new ArchitectureError(problem);
+}
+
+/**
+ * The parameters' shapes of a run's SAEs, without building them (for estimates).
+ *
+ * @param config Architecture and sizes.
+ * @param layout The position's hooks and chains.
+ * @param d Activation width.
+ * @returns Parameter name → shape, in creation order.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { saeShapes } from "./architectures.ts";
+ * import { layoutPosition } from "./positions.ts";
+ *
+ * const config = { arch: "staircase", features: 8, k: 2, jsaeLambda: 0 } as const;
+ * const shapes = saeShapes(config, layoutPosition("mlp-block", 1), 4);
+ * assert.deepEqual(shapes.get("blocks.0.hook_resid_post/b_enc"), [16]);
+ * ```
+ */
+export function saeShapes(
+  config: SaeConfig,
+  layout: PositionLayout,
+  d: number,
+): Map<string, number[]> {
+  const groups = architecture(config.arch).params(layout, config.features, d);
+  return new Map(groups.flatMap((g) => g.params.map((p) => [p.name, p.shape])));
 }
 
 /**
@@ -97,6 +147,17 @@ export function checkArchitecture(arch: Architecture, position: Position): void 
  * @param seed Initialisation seed.
  * @returns The SAE set.
  * @throws {ArchitectureError} For an impossible architecture/position combination.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { buildSaes } from "./architectures.ts";
+ * import { layoutPosition } from "./positions.ts";
+ *
+ * const config = { arch: "topk", features: 8, k: 2, jsaeLambda: 0 } as const;
+ * const saes = buildSaes(config, layoutPosition("mlp", 1), 4, 0);
+ * assert.deepEqual(saes.weights(saes.hooks[0]!).wEnc.shape, [4, 8]);
+ * saes.dispose();
+ * ```
  */
 export function buildSaes(
   config: SaeConfig,
@@ -105,72 +166,21 @@ export function buildSaes(
   seed: number,
 ): SaeSet {
   checkArchitecture(config.arch, layout.position);
+  const spec = architecture(config.arch);
   const rng = createRng(seed);
   const params = new Map<string, tf.Variable>();
-  const add = (name: string, values: Float32Array, shape: number[]) =>
-    params.set(name, tf.variable(tf.tensor(values, shape)));
-  const widths = new Map<string, number>();
-  let weights: (hook: string) => SaeWeights;
-
-  if (config.arch === "topk" || config.arch === "jsae") {
-    for (const hook of layout.hooks) {
-      const v = initSaeValues(d, config.features, rng);
-      add(`${hook}/W_enc`, v.wEnc, [d, config.features]);
-      add(`${hook}/b_enc`, v.bEnc, [config.features]);
-      add(`${hook}/W_dec`, v.wDec, [config.features, d]);
-      add(`${hook}/b_dec`, v.bDec, [d]);
-      widths.set(hook, config.features);
+  // One draw per group, in order, so a seed gives the same weights as before the registry.
+  for (const group of spec.params(layout, config.features, d)) {
+    const values = initSaeValues(d, group.features, rng);
+    for (const p of group.params) {
+      const init = p.init === "zeros"
+        ? new Float32Array(p.shape.reduce((a, b) => a * b, 1))
+        : values[p.init];
+      params.set(p.name, tf.variable(tf.tensor(init, p.shape)));
     }
-    const p = (hook: string, name: string) => params.get(`${hook}/${name}`)!;
-    weights = (hook) => ({
-      wEnc: p(hook, "W_enc") as tf.Tensor2D,
-      bEnc: p(hook, "b_enc") as tf.Tensor1D,
-      wDec: p(hook, "W_dec") as tf.Tensor2D,
-      bDec: p(hook, "b_dec") as tf.Tensor1D,
-    });
-  } else {
-    const chainOf = new Map<string, { chain: number; position: number }>();
-    layout.chains.forEach((hooks, c) => {
-      const total = hooks.length * config.features;
-      const v = initSaeValues(d, total, rng);
-      add(`chain${c}/W_enc`, v.wEnc, [d, total]);
-      add(`chain${c}/W_dec`, v.wDec, [total, d]);
-      hooks.forEach((hook, j) => {
-        const width = (j + 1) * config.features;
-        add(`${hook}/b_enc`, new Float32Array(width), [width]);
-        add(`${hook}/b_dec`, new Float32Array(d), [d]);
-        widths.set(hook, width);
-        chainOf.set(hook, { chain: c, position: j });
-      });
-    });
-    const detached = config.arch === "staircase-detached";
-    weights = (hook) => {
-      const { chain, position } = chainOf.get(hook)!;
-      const width = widths.get(hook)!;
-      const wEnc = params.get(`chain${chain}/W_enc`)!;
-      const wDec = params.get(`chain${chain}/W_dec`)!;
-      let enc = wEnc.slice([0, 0], [d, width]) as tf.Tensor2D;
-      let dec = wDec.slice([0, 0], [width, d]) as tf.Tensor2D;
-      if (detached && position > 0) {
-        // Earlier chunks are read but not trained by this SAE's loss.
-        const own = width - config.features;
-        enc = tf.concat([
-          stopGradient(wEnc.slice([0, 0], [d, own])),
-          wEnc.slice([0, own], [d, config.features]),
-        ], 1) as tf.Tensor2D;
-        dec = tf.concat([
-          stopGradient(wDec.slice([0, 0], [own, d])),
-          wDec.slice([own, 0], [config.features, d]),
-        ], 0) as tf.Tensor2D;
-      }
-      return {
-        wEnc: enc,
-        bEnc: params.get(`${hook}/b_enc`) as tf.Tensor1D,
-        wDec: dec,
-        bDec: params.get(`${hook}/b_dec`) as tf.Tensor1D,
-      };
-    };
   }
+  const weights = spec.weights(params, layout, config.features, d);
+  const widths = new Map(layout.hooks.map((h) => [h, params.get(`${h}/b_enc`)!.shape[0]!]));
   return {
     arch: config.arch,
     hooks: layout.hooks,

@@ -1,15 +1,16 @@
 /**
- * Where an {@link SaeSet}'s parameters sit in the engine's one flat f32 buffer, and each SAE's view
+ * Where an {@link SaeSet}'s parameters sit in the engines' one flat f32 buffer, and each SAE's view
  * of them. One buffer (and one like it for gradients and each Adam moment) lets AdamW update every
  * parameter in a single pass, and lets kernels address any weight by a compile-time offset.
  *
- * Staircase SAEs read prefixes of their chain's shared dictionary: W_enc `[D, total]` is
- * row-major, so the j-th SAE's encoder is the first (j + 1)·F columns with row stride `total`;
+ * Which parameter holds each SAE's matrices is the architecture's to say (`arch/*.ts`,
+ * `matrices`): Staircase SAEs read prefixes of their chain's shared dictionary, W_enc `[D, total]`
+ * row-major, so the j-th SAE's encoder is the first (j + 1)·F columns with row stride `total`, and
  * W_dec `[total, D]` is the first (j + 1)·F rows.
  *
  * @module
  */
-import type { SaeConfig, SaeSet } from "./architectures.ts";
+import { architecture, type SaeConfig, type SaeSet } from "./architectures.ts";
 
 /** One SAE as the kernels see it: sizes and f32 offsets into the flat parameter buffer. */
 export interface SaeView {
@@ -79,7 +80,22 @@ const ALIGN = 64;
  * @param config Their settings (`features` is the Staircase chunk size).
  * @param decays Which parameters get weight decay (AdamW's rule); undefined: all.
  * @returns The layout.
- * @throws {LayoutError} If a Staircase chain's widths are not F, 2F, 3F, … or a parameter is missing.
+ * @throws {LayoutError} If a parameter is missing or narrower than its SAE.
+ * @throws {ArchitectureError} If the architecture does not recognise the set (a Staircase chain's
+ *   widths not F, 2F, 3F, …).
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { buildSaes } from "./architectures.ts";
+ * import { layoutParams } from "./param_layout.ts";
+ * import { layoutPosition } from "./positions.ts";
+ *
+ * const config = { arch: "staircase", features: 8, k: 2, jsaeLambda: 0 } as const;
+ * const saes = buildSaes(config, layoutPosition("mlp-block", 1), 4, 0);
+ * const layout = layoutParams(saes, config);
+ * assert.deepEqual(layout.saes.map((s) => [s.width, s.ld]), [[8, 16], [16, 16]]);
+ * saes.dispose();
+ * ```
  */
 export function layoutParams(
   saes: SaeSet,
@@ -103,42 +119,28 @@ export function layoutParams(
     return s;
   };
   const d = slot(`${saes.hooks[0]}/b_dec`).size;
-  const staircase = config.arch === "staircase" || config.arch === "staircase-detached";
-  let chain = -1, position = 0;
-  const views = saes.hooks.map((hook): SaeView => {
+  const matrices = architecture(config.arch).matrices(saes, config.features);
+  const views = saes.hooks.map((hook, i): SaeView => {
     const width = saes.width(hook);
-    const own = { hook, d, width, k: saes.k, bEnc: slot(`${hook}/b_enc`).offset };
-    const bDec = slot(`${hook}/b_dec`).offset;
-    if (!staircase) {
-      const wEnc = slot(`${hook}/W_enc`);
-      return {
-        ...own,
-        ld: width,
-        wEnc: wEnc.offset,
-        wDec: slot(`${hook}/W_dec`).offset,
-        bDec,
-        trainFrom: 0,
-      };
-    }
-    // buildSaes lays chains out in hook order, each growing by one chunk per hook: a hook of
-    // width F starts the next chain.
-    if (width === config.features) [chain, position] = [chain + 1, 0];
-    else position++;
-    const wEnc = slot(`chain${chain}/W_enc`), wDec = slot(`chain${chain}/W_dec`);
-    if (width !== (position + 1) * config.features || wEnc.shape[1]! < width) {
+    const m = matrices[i]!;
+    const wEnc = slot(m.wEnc);
+    if (wEnc.shape[1]! < width) {
       throw new LayoutError(
-        `Cannot lay out Staircase SAE "${hook}": width ${width} is not ${position + 1} × ` +
-          `${config.features} within chain${chain} (${wEnc.shape[1]} features)`,
+        `Cannot lay out SAE "${hook}": its ${width} features overrun "${m.wEnc}" ` +
+          `(${wEnc.shape[1]} columns)`,
       );
     }
-    const detached = config.arch === "staircase-detached";
     return {
-      ...own,
+      hook,
+      d,
+      width,
+      k: saes.k,
       ld: wEnc.shape[1]!,
       wEnc: wEnc.offset,
-      wDec: wDec.offset,
-      bDec,
-      trainFrom: detached ? position * config.features : 0,
+      bEnc: slot(`${hook}/b_enc`).offset,
+      wDec: slot(m.wDec).offset,
+      bDec: slot(`${hook}/b_dec`).offset,
+      trainFrom: m.trainFrom,
     };
   });
   return { length, decayEnd, slots, saes: views };

@@ -12,6 +12,7 @@
  * @module
  */
 import { LIST, listValue, VARCHAR } from "@duckdb/node-api";
+import { ARCHITECTURES, isBaseline } from "../sae/architectures.ts";
 import { POSITIONS } from "../sae/positions.ts";
 import { DIAGNOSTIC_METRICS } from "../scalar/diagnostics.ts";
 import { aggregates, improvement, PAPER_TABLE_UNITS } from "../scalar/score.ts";
@@ -322,7 +323,6 @@ export function formatPercent(percent: number | null, incomplete = false): strin
     (incomplete ? " ⚠" : "");
 }
 
-const ARCH_ORDER = ["topk", "staircase", "staircase-detached", "jsae"];
 const HOOK_ORDER = [
   "hook_resid_pre",
   "hook_attn_out",
@@ -574,7 +574,7 @@ export function buildReport(
           incomplete: finished.length < expected,
           absolute: scalarSummary(ids, layers, scoresByRun, "absolute"),
           relative: scalarSummary(ids, layers, scoresByRun, "relative"),
-          isBaseline: key.arch === "topk",
+          isBaseline: isBaseline(key.arch),
           improvement: null,
           metrics: metricStats(ids, metricsByRun, metricNames),
           diagnostics: metricStats(ids, metricsByRun, DIAGNOSTIC_METRICS)
@@ -602,7 +602,7 @@ export function buildReport(
         };
       }
       built.sort((a, b) =>
-        rank(ARCH_ORDER, a.arch) - rank(ARCH_ORDER, b.arch) ||
+        rank(ARCHITECTURES, a.arch) - rank(ARCHITECTURES, b.arch) ||
         (a.arch < b.arch ? -1 : a.arch > b.arch ? 1 : 0) ||
         (a.label < b.label ? -1 : a.label > b.label ? 1 : 0)
       );
@@ -985,12 +985,13 @@ export async function loadReportData(
   const runRows = (await c.runAndReadAll(
     `select id, seed, status, json_extract_string(config, '$.position'),
       json_extract_string(config, '$.sae.arch')
-     from runs where experiment = $1 order by id`,
+     from runs where id in (select run_id from experiment_runs where experiment = $1) order by id`,
     [experiment],
     [VARCHAR],
   )).getRowsJS();
   if (runRows.length === 0) {
-    const names = (await c.runAndReadAll("select distinct experiment from runs order by 1"))
+    const sql = "select distinct experiment from experiment_runs order by 1";
+    const names = (await c.runAndReadAll(sql))
       .getRowsJS().map((r) => `"${r[0]}"`);
     throw new StoreError(
       `Cannot report experiment "${experiment}": the results database "${store.path}" holds no ` +
@@ -1000,7 +1001,7 @@ export async function loadReportData(
   const params = new Map<string, Record<string, string>>();
   const paramRows = (await c.runAndReadAll(
     `select p.run_id, p.path, p.value from run_params p join runs r on r.id = p.run_id
-     where r.experiment = $1`,
+     where r.id in (select run_id from experiment_runs where experiment = $1)`,
     [experiment],
     [VARCHAR],
   )).getRowsJS();
@@ -1020,7 +1021,7 @@ export async function loadReportData(
   const scores: ReportScore[] = (await c.runAndReadAll(
     `select s.run_id, s.layer, s.absolute, s.relative from scalar_scores s
      join runs r on r.id = s.run_id
-     where r.experiment = $1 and r.status = 'done' and s.curve = $2`,
+     where r.id in (select run_id from experiment_runs where experiment = $1) and r.status = 'done' and s.curve = $2`,
     [experiment, curve],
     [VARCHAR, VARCHAR],
   )).getRowsJS().map(([runId, layer, absolute, relative]) => ({
@@ -1031,7 +1032,7 @@ export async function loadReportData(
   }));
   const metricRows: ReportMetric[] = (await c.runAndReadAll(
     `select m.run_id, m.sae, m.metric, m.value from metrics m join runs r on r.id = m.run_id
-     where r.experiment = $1 and r.status = 'done' and list_contains($2, m.metric)`,
+     where r.id in (select run_id from experiment_runs where experiment = $1) and r.status = 'done' and list_contains($2, m.metric)`,
     [experiment, listValue([...metrics, ...DIAGNOSTIC_METRICS])],
     [VARCHAR, LIST(VARCHAR)],
   )).getRowsJS().map(([runId, sae, metric, value]) => ({

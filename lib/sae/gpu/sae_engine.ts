@@ -11,14 +11,14 @@
  * Parameters, gradients and both moments live in one flat buffer each (`lib/sae/param_layout.ts`); every
  * buffer is allocated once. A step uploads the batch with `queue.writeBuffer` (queued behind the
  * previous step, so the upload streams in while it runs) and reads nothing back, except the
- * figures on a reporting step. Architectures: `topk`, `staircase`, `staircase-detached`, and
- * `jsae`, whose pairs add the Jacobian term (`kernels/jacobian.ts`) to the TopK step.
+ * figures on a reporting step. Architectures: every one the registry holds (`../architectures.ts`
+ * lays out their matrices); JSAE's pairs add the Jacobian term (`kernels/jacobian.ts`).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import type { AdamWState } from "../../optim/adamw.ts";
-import type { SaeConfig, SaeSet } from "../architectures.ts";
+import { architecture, type SaeConfig, type SaeSet } from "../architectures.ts";
 import type { MlpWeights } from "../jacobian.ts";
 import type { SaePair } from "../positions.ts";
 import {
@@ -104,14 +104,6 @@ interface PairState {
   after: Dispatch[];
 }
 
-/** The architectures the engine trains (`jsae` given its MLPs, see {@link SaeEngineOptions}). */
-export const ENGINE_ARCHITECTURES: readonly string[] = [
-  "topk",
-  "staircase",
-  "staircase-detached",
-  "jsae",
-];
-
 /** The engine; create with {@link SaeEngine.create}. */
 export class SaeEngine {
   readonly #gpu: Gpu;
@@ -174,10 +166,13 @@ export class SaeEngine {
    * @param gpu The device.
    * @param o SAEs, batch sizes and optimizer settings.
    * @returns The engine, at step 0 (see {@link SaeEngine.load} to resume).
-   * @throws {RangeError} For an architecture the engine does not train, or impossible sizes.
+   * @throws {RangeError} For a Jacobian term given to an architecture without one (or missing), or
+   *   impossible sizes.
    */
   static async create(gpu: Gpu, o: SaeEngineOptions): Promise<SaeEngine> {
-    if (!ENGINE_ARCHITECTURES.includes(o.sae.arch) || (o.sae.arch === "jsae") !== !!o.jacobian) {
+    // Every registered architecture trains here (its flat views come from the registry); the
+    // pair term the engine computes is the Jacobian one, given exactly when the architecture has it.
+    if ((architecture(o.sae.arch).pairLoss !== undefined) !== !!o.jacobian) {
       throw new RangeError(
         `Cannot train "${o.sae.arch}" SAEs on the GPU engine ` +
           (o.jacobian ? "with a Jacobian term" : "without the MLPs of the Jacobian term"),

@@ -8,12 +8,12 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { AdamWState } from "../../optim/adamw.ts";
-import type { SaeConfig, SaeSet } from "../architectures.ts";
+import { architecture, type SaeConfig, type SaeSet } from "../architectures.ts";
 import type { MlpWeights } from "../jacobian.ts";
 import type { SaePair } from "../positions.ts";
 import type { SaeTrainConfig } from "../train.ts";
 import { requestGpu } from "./device.ts";
-import { ENGINE_ARCHITECTURES, SaeEngine } from "./sae_engine.ts";
+import { SaeEngine } from "./sae_engine.ts";
 
 /** What {@link chooseSaeEngine} needs to know about a training run. */
 export interface EngineChoice {
@@ -42,7 +42,7 @@ export async function chooseSaeEngine(
   o: EngineChoice,
 ): Promise<{ engine: SaeEngine; line: string } | { engine?: undefined; line?: string }> {
   if (tf.getBackend() !== "webgpu") return {};
-  if (!ENGINE_ARCHITECTURES.includes(o.sae.arch) || (o.sae.arch === "jsae" && !o.jacobian)) {
+  if (architecture(o.sae.arch).pairLoss !== undefined && !o.jacobian) {
     return {
       line: `SAE steps: tfjs webgpu ops (the GPU engine does not train "${o.sae.arch}" here)`,
     };
