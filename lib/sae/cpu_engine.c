@@ -1,0 +1,344 @@
+/*
+ * The sparse parts of the CPU SAE engine (lib/sae/cpu_engine.ts), which calls OpenBLAS for the
+ * dense products between them. Compiled at first use by lib/backend/native.ts.
+ *
+ * Layout (row-major, float32 unless said): x, xc, dxhat [n][d]; pre [n][width] (a chunk of
+ * rows); kept pairs idx (int32) / val / dpre [n][k], pair e = r·k + s; per-feature lists: starts
+ * [width + 1] and list [n·k] of pair ids, each feature's pairs in row order; W_enc [d][ld] (its
+ * first width columns), W_dec [≥ width][d].
+ *
+ * Determinism: every loop that OpenMP splits runs over fixed blocks (of rows, features or
+ * elements) whose bounds do not depend on the thread count, and every sum has one owner that
+ * adds in a fixed order (a block's rows in order, a feature's pairs in row order, block partials
+ * in block order). So any thread count gives the same bits.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Features per scheduling unit of the per-feature loops. */
+#define FEATURE_BLOCK 16
+/* Elements per block of the optimizer's loops (and per partial sum of squares). */
+#define ELEMENT_BLOCK 4096
+
+/* Threads for the OpenMP loops (the OpenBLAS products have their own). */
+void sae_set_threads(int32_t threads) { omp_set_num_threads(threads); }
+
+/* xc = x − b_dec, the encoder's input (also what W_enc's gradient multiplies). */
+void sae_center(const float *x, const float *b_dec, int32_t n, int32_t d, float *xc) {
+  for (int64_t r = 0; r < n; r++)
+    for (int32_t i = 0; i < d; i++) xc[r * d + i] = x[r * d + i] - b_dec[i];
+}
+
+/*
+ * TopK of ReLU(pre + b_enc) per row: the k largest values, ties to the lower feature, written
+ * in ascending feature order as (index, value) — zero values included when fewer than k are
+ * positive. The best k so far are kept sorted (value descending, index ascending); a value
+ * enters only if it beats the smallest kept one strictly, so a later equal feature never
+ * displaces an earlier one.
+ */
+void sae_select(const float *pre, int32_t n, int32_t width, const float *b_enc, int32_t k,
+                int32_t block_rows, int32_t *idx, float *val) {
+  int32_t blocks = (n + block_rows - 1) / block_rows;
+#pragma omp parallel
+  {
+    float *bv = malloc(sizeof(float) * k);
+    int32_t *bi = malloc(sizeof(int32_t) * k);
+#pragma omp for schedule(dynamic, 1)
+    for (int32_t b = 0; b < blocks; b++) {
+      int32_t end = (b + 1) * block_rows < n ? (b + 1) * block_rows : n;
+      for (int64_t r = (int64_t)b * block_rows; r < end; r++) {
+        const float *p = pre + r * width;
+        int32_t count = 0;
+        float floor = -1.0f;
+        for (int32_t j = 0; j < width; j++) {
+          float v = p[j] + b_enc[j];
+          v = v > 0.0f ? v : 0.0f;
+          if (count == k && !(v > floor)) continue;
+          int32_t at = count < k ? count++ : k - 1;
+          while (at > 0 && bv[at - 1] < v) {
+            bv[at] = bv[at - 1];
+            bi[at] = bi[at - 1];
+            at--;
+          }
+          bv[at] = v;
+          bi[at] = j;
+          if (count == k) floor = bv[k - 1];
+        }
+        /* Ascending feature order (k is small: insertion sort). */
+        for (int32_t s = 1; s < k; s++) {
+          int32_t j = bi[s], at = s;
+          float v = bv[s];
+          for (; at > 0 && bi[at - 1] > j; at--) {
+            bi[at] = bi[at - 1];
+            bv[at] = bv[at - 1];
+          }
+          bi[at] = j;
+          bv[at] = v;
+        }
+        memcpy(idx + r * k, bi, sizeof(int32_t) * k);
+        memcpy(val + r * k, bv, sizeof(float) * k);
+      }
+    }
+    free(bv);
+    free(bi);
+  }
+}
+
+/*
+ * Sparse decode fused with the start of the backward pass, per block of rows:
+ * x̂ = Σ_s v_s·W_dec[i_s] + b_dec (pairs in ascending feature order), e = x̂ − x,
+ * ∂L/∂x̂ = scale·e (scale = 2 / tokens in the step), ∂L/∂pre at each kept pair =
+ * ∂L/∂x̂ · W_dec[i_s] when its value is positive, else 0 (ReLU's gradient); per block: Σ e², the
+ * count of positive kept values (sums[2b], sums[2b + 1]) and the column sums of ∂L/∂x̂
+ * (cols[b][d], for b_dec's gradient).
+ */
+void sae_decode(const float *x, const float *w_dec, const float *b_dec, const int32_t *idx,
+                const float *val, int32_t n, int32_t d, int32_t k, float scale,
+                int32_t block_rows, float *dxhat, float *dpre, float *sums, float *cols) {
+  int32_t blocks = (n + block_rows - 1) / block_rows;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int32_t b = 0; b < blocks; b++) {
+    int32_t end = (b + 1) * block_rows < n ? (b + 1) * block_rows : n;
+    float *col = cols + (int64_t)b * d;
+    float sq = 0.0f, positives = 0.0f;
+    memset(col, 0, sizeof(float) * d);
+    for (int64_t r = (int64_t)b * block_rows; r < end; r++) {
+      float *g = dxhat + r * d;
+      const int32_t *ids = idx + r * k;
+      const float *vs = val + r * k;
+      memset(g, 0, sizeof(float) * d);
+      for (int32_t s = 0; s < k; s++) {
+        const float *w = w_dec + (int64_t)ids[s] * d;
+        float v = vs[s];
+        for (int32_t i = 0; i < d; i++) g[i] += v * w[i];
+      }
+      for (int32_t i = 0; i < d; i++) {
+        float e = (g[i] + b_dec[i]) - x[r * d + i];
+        g[i] = e * scale;
+        col[i] += g[i];
+        sq += e * e;
+      }
+      for (int32_t s = 0; s < k; s++) {
+        float acc = 0.0f;
+        if (vs[s] > 0.0f) {
+          const float *w = w_dec + (int64_t)ids[s] * d;
+          for (int32_t i = 0; i < d; i++) acc += g[i] * w[i];
+          positives += 1.0f;
+        }
+        dpre[r * k + s] = acc;
+      }
+    }
+    sums[2 * b] = sq;
+    sums[2 * b + 1] = positives;
+  }
+}
+
+/* Per-feature lists of the kept pairs (a stable counting sort: each feature's pairs in row order). */
+void sae_lists(const int32_t *idx, int32_t pairs, int32_t width, int32_t *starts, int32_t *list) {
+  memset(starts, 0, sizeof(int32_t) * (width + 1));
+  for (int32_t e = 0; e < pairs; e++) starts[idx[e] + 1]++;
+  for (int32_t j = 0; j < width; j++) starts[j + 1] += starts[j];
+  int32_t *next = malloc(sizeof(int32_t) * width);
+  memcpy(next, starts, sizeof(int32_t) * width);
+  for (int32_t e = 0; e < pairs; e++) list[next[idx[e]]++] = e;
+  free(next);
+}
+
+/*
+ * The weight gradients, gathered feature by feature over the lists: for feature j with kept
+ * pairs e = (r, s) of value v_e and pre-activation gradient g_e,
+ *   ∂W_dec[j] += Σ_e v_e·∂L/∂x̂[r],  ∂W_enc[:, j] += Σ_e g_e·xc[r] (into enc_t[j], transposed),
+ *   ∂b_enc[j] += Σ_e g_e.
+ * Features below train_from (earlier chunks of a detached Staircase SAE) get their b_enc
+ * gradient only.
+ */
+void sae_feature_grads(const int32_t *starts, const int32_t *list, const float *val,
+                       const float *dpre, const float *dxhat, const float *xc, int32_t d,
+                       int32_t k, int32_t width, int32_t train_from, float *g_wdec, float *enc_t,
+                       float *g_benc) {
+  int32_t blocks = (width + FEATURE_BLOCK - 1) / FEATURE_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int32_t b = 0; b < blocks; b++) {
+    int32_t end = (b + 1) * FEATURE_BLOCK < width ? (b + 1) * FEATURE_BLOCK : width;
+    for (int32_t j = b * FEATURE_BLOCK; j < end; j++) {
+      float bias = 0.0f;
+      float *gd = g_wdec + (int64_t)j * d, *ge = enc_t + (int64_t)j * d;
+      for (int32_t p = starts[j]; p < starts[j + 1]; p++) {
+        int32_t e = list[p];
+        float g = dpre[e];
+        bias += g;
+        if (j < train_from) continue;
+        const float *dx = dxhat + (int64_t)(e / k) * d, *xr = xc + (int64_t)(e / k) * d;
+        float v = val[e];
+        for (int32_t i = 0; i < d; i++) {
+          gd[i] += v * dx[i];
+          ge[i] += g * xr[i];
+        }
+      }
+      g_benc[j] += bias;
+    }
+  }
+}
+
+/* ∂W_enc[i][j] += enc_t[j][i] for features j in [from, width) (W_enc's row stride ld). */
+void sae_add_transposed(const float *enc_t, int32_t d, int32_t from, int32_t width, int32_t ld,
+                        float *g_wenc) {
+  for (int64_t i = 0; i < d; i++)
+    for (int32_t j = from; j < width; j++) g_wenc[i * ld + j] += enc_t[(int64_t)j * d + i];
+}
+
+/*
+ * b_dec's gradient, once per step: b_dec is added by the decoder and subtracted before the
+ * encoder, so ∂b_dec += Σ_blocks cols[b] − W_enc·∂b_enc (the encoder input's gradient summed
+ * over tokens is W_enc times the summed pre-activation gradient, which is ∂b_enc).
+ */
+void sae_bdec_grad(const float *cols, int32_t blocks, int32_t d, const float *w_enc, int32_t ld,
+                   int32_t width, const float *g_benc, float *g_bdec) {
+  for (int64_t i = 0; i < d; i++) {
+    float decoded = 0.0f, encoded = 0.0f;
+    for (int64_t b = 0; b < blocks; b++) decoded += cols[b * d + i];
+    for (int32_t j = 0; j < width; j++) encoded += w_enc[i * ld + j] * g_benc[j];
+    g_bdec[i] += decoded - encoded;
+  }
+}
+
+/* Σ g² over the flat gradients: per-block partial sums (in double), added in block order. */
+double sae_sum_squares(const float *g, int64_t length) {
+  int64_t blocks = (length + ELEMENT_BLOCK - 1) / ELEMENT_BLOCK;
+  double *partial = malloc(sizeof(double) * blocks);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; b++) {
+    int64_t end = (b + 1) * ELEMENT_BLOCK < length ? (b + 1) * ELEMENT_BLOCK : length;
+    double s = 0.0;
+    for (int64_t i = b * ELEMENT_BLOCK; i < end; i++) s += (double)g[i] * g[i];
+    partial[b] = s;
+  }
+  double total = 0.0;
+  for (int64_t b = 0; b < blocks; b++) total += partial[b];
+  free(partial);
+  return total;
+}
+
+/*
+ * Clipping and AdamW in one pass, as lib/optim/adamw.ts orders the operations:
+ * g ← factor·g; m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²; p ← p·(1 − lr·wd) below decay_end;
+ * p ← p − lr·(m/c₁)/(√(v/c₂) + ε). c = [factor, lr, 1 − lr·wd, c₁, c₂, β₁, β₂, 1 − β₁, 1 − β₂, ε].
+ */
+void sae_adamw(float *p, const float *g, float *m, float *v, int64_t length, int64_t decay_end,
+               const float *c) {
+  float factor = c[0], lr = c[1], decay = c[2], c1 = c[3], c2 = c[4], beta1 = c[5];
+  float beta2 = c[6], rest1 = c[7], rest2 = c[8], eps = c[9];
+  int64_t blocks = (length + ELEMENT_BLOCK - 1) / ELEMENT_BLOCK;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; b++) {
+    int64_t end = (b + 1) * ELEMENT_BLOCK < length ? (b + 1) * ELEMENT_BLOCK : length;
+    for (int64_t i = b * ELEMENT_BLOCK; i < end; i++) {
+      float gi = g[i] * factor;
+      float m1 = m[i] * beta1 + gi * rest1;
+      float v1 = v[i] * beta2 + (gi * gi) * rest2;
+      m[i] = m1;
+      v[i] = v1;
+      float dir = (m1 / c1) / (sqrtf(v1 / c2) + eps);
+      float q = i < decay_end ? p[i] * decay : p[i];
+      p[i] = q - dir * lr;
+    }
+  }
+}
+
+/*
+ * JSAE: GELU′ of the MLP pre-activation, in place: z holds x·W_fc (rows of m), b_fc is added
+ * here; GELU′ in lib/sae/jacobian.ts's sigmoid form s·(1 + 2c·z·(1 − s)(1 + 3a·z²)), s = σ(2u).
+ */
+void jsae_gelu_grad(float *z, const float *b_fc, int32_t n, int32_t m) {
+  const float c2 = 1.5957691216057308f; /* 2·√(2/π) */
+  const float a = 0.044715f;
+  int64_t total = (int64_t)n * m;
+  int64_t blocks = (total + ELEMENT_BLOCK - 1) / ELEMENT_BLOCK;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; b++) {
+    int64_t end = (b + 1) * ELEMENT_BLOCK < total ? (b + 1) * ELEMENT_BLOCK : total;
+    for (int64_t e = b * ELEMENT_BLOCK; e < end; e++) {
+      float x = z[e] + b_fc[e % m];
+      float x2 = x * x;
+      float s = 1.0f / (1.0f + expf(-(x * (x2 * (c2 * a) + c2))));
+      float w = (x * (1.0f - s)) * (x2 * (3.0f * a * c2) + c2);
+      z[e] = s * (w + 1.0f);
+    }
+  }
+}
+
+/*
+ * JSAE forward, per token t: J[j][i] = Σ_q Bᵀ[K2_tj][q]·(A[K1_ti][q]·g_t[q]); stores
+ * dJ = sign(J)·scale (scale = λ/k², the loss's gradient) and per block of rows Σ|J| in sums[b].
+ */
+void jsae_forward(const int32_t *k1, const int32_t *k2, const float *a, const float *bt,
+                  const float *g, int32_t n, int32_t k, int32_t m, float scale,
+                  int32_t block_rows, float *dj, float *sums) {
+  int32_t blocks = (n + block_rows - 1) / block_rows;
+#pragma omp parallel
+  {
+    float *ag = malloc(sizeof(float) * k * m);
+#pragma omp for schedule(dynamic, 1)
+    for (int32_t b = 0; b < blocks; b++) {
+      int32_t end = (b + 1) * block_rows < n ? (b + 1) * block_rows : n;
+      float size = 0.0f;
+      for (int64_t t = (int64_t)b * block_rows; t < end; t++) {
+        const float *gt = g + t * m;
+        for (int32_t i = 0; i < k; i++) {
+          const float *ar = a + (int64_t)k1[t * k + i] * m;
+          for (int32_t q = 0; q < m; q++) ag[i * m + q] = ar[q] * gt[q];
+        }
+        for (int32_t j = 0; j < k; j++) {
+          const float *br = bt + (int64_t)k2[t * k + j] * m;
+          for (int32_t i = 0; i < k; i++) {
+            float acc = 0.0f;
+            for (int32_t q = 0; q < m; q++) acc += br[q] * ag[i * m + q];
+            dj[(t * k + j) * k + i] = acc > 0.0f ? scale : acc < 0.0f ? -scale : 0.0f;
+            size += fabsf(acc);
+          }
+        }
+      }
+      sums[b] = size;
+    }
+    free(ag);
+  }
+}
+
+/*
+ * JSAE backward, gathered per feature f over its list of pairs (t, s), into grad[f] (rows of m):
+ * input side (f = K1_ts): ∂A[f] += g_t ⊙ Σ_o dJ[t][o][s]·Bᵀ[K2_to];
+ * output side (f = K2_ts): ∂Bᵀ[f] += g_t ⊙ Σ_o dJ[t][s][o]·A[K1_to].
+ * `other` is the other SAE's index set and `factor` the other factor (Bᵀ or A).
+ */
+void jsae_backward(const int32_t *starts, const int32_t *list, const float *dj,
+                   const int32_t *other, const float *factor, const float *g, int32_t k,
+                   int32_t m, int32_t width, int32_t output_side, float *grad) {
+  int32_t blocks = (width + FEATURE_BLOCK - 1) / FEATURE_BLOCK;
+#pragma omp parallel
+  {
+    float *row = malloc(sizeof(float) * m);
+#pragma omp for schedule(dynamic, 1)
+    for (int32_t b = 0; b < blocks; b++) {
+      int32_t end = (b + 1) * FEATURE_BLOCK < width ? (b + 1) * FEATURE_BLOCK : width;
+      for (int32_t f = b * FEATURE_BLOCK; f < end; f++) {
+        float *out = grad + (int64_t)f * m;
+        for (int32_t p = starts[f]; p < starts[f + 1]; p++) {
+          int64_t e = list[p], t = e / k, s = e % k;
+          memset(row, 0, sizeof(float) * m);
+          for (int32_t o = 0; o < k; o++) {
+            float w = output_side ? dj[(t * k + s) * k + o] : dj[(t * k + o) * k + s];
+            if (w == 0.0f) continue;
+            const float *fr = factor + (int64_t)other[t * k + o] * m;
+            for (int32_t q = 0; q < m; q++) row[q] += w * fr[q];
+          }
+          const float *gt = g + t * m;
+          for (int32_t q = 0; q < m; q++) out[q] += row[q] * gt[q];
+        }
+      }
+    }
+    free(row);
+  }
+}

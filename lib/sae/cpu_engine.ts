@@ -1,0 +1,664 @@
+/**
+ * The CPU engine for SAE training: the step `lib/sae/train.ts` computes through tfjs (TopK encode,
+ * decode, squared-error loss, backward, global-norm clipping, AdamW) with the work it needs and
+ * no more — the same structure as the WebGPU engine (`gpu/sae_engine.ts`):
+ *
+ * per micro-batch and SAE: centre x, encoder product in OpenBLAS (chunks of rows, so the
+ * pre-activations stay in cache) → per-row TopK selection → sparse decode over the k kept pairs
+ * (+ ∂L/∂x̂, ∂L/∂pre of the kept pairs, loss partials) → per-feature lists → gradients gathered
+ * feature by feature; JSAE pairs add their Jacobian term; then per SAE the b_dec gradient, and
+ * for all SAEs at once the gradient norm, clipping and AdamW in one pass.
+ *
+ * The sparse loops are C (`cpu_engine.c`, compiled at first use by `lib/backend/native.ts`),
+ * split over OpenMP threads in fixed blocks, so every thread count gives the same bits.
+ * Parameters, gradients and both moments are one flat array each (`param_layout.ts`), every
+ * buffer is allocated once, and no tfjs tensor is touched inside a step.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { type BlasLibrary, openBlas } from "../backend/blas.ts";
+import { loadNative, type NativeLibrary } from "../backend/native.ts";
+import type { AdamWState } from "../optim/adamw.ts";
+import type { SaeConfig, SaeSet } from "./architectures.ts";
+import type { MlpWeights } from "./jacobian.ts";
+import { layoutParams, type ParamLayout, type SaeView } from "./param_layout.ts";
+import type { SaePair } from "./positions.ts";
+
+/** What the engine trains, and how (`SaeEngine.create`'s options, without the GPU). */
+export interface CpuSaeEngineOptions {
+  /** The SAEs; their variables hold the starting parameters. */
+  saes: SaeSet;
+  /** Their settings. */
+  sae: SaeConfig;
+  /** Tokens per step. */
+  rows: number;
+  /** Tokens per forward/backward pass (gradients accumulate over a step's passes). @default rows */
+  microRows?: number;
+  /** AdamW's settings, and which parameters decay (undefined: all, as `AdamW` has it). */
+  adam: {
+    beta1: number;
+    beta2: number;
+    eps: number;
+    weightDecay: number;
+    decays?: (name: string, shape: readonly number[]) => boolean;
+  };
+  /** Global gradient-norm limit. */
+  gradClip: number;
+  /** JSAE: the pairs, the MLP between each, and the weight λ of the Jacobian loss. */
+  jacobian?: { pairs: readonly SaePair[]; mlp: (pair: SaePair) => MlpWeights; lambda: number };
+}
+
+/** The C kernels of `cpu_engine.c`, as `Deno.dlopen` symbols. */
+export const CPU_ENGINE_SYMBOLS = {
+  sae_set_threads: { parameters: ["i32"], result: "void" },
+  sae_center: { parameters: ["buffer", "buffer", "i32", "i32", "buffer"], result: "void" },
+  sae_select: {
+    parameters: ["buffer", "i32", "i32", "buffer", "i32", "i32", "buffer", "buffer"],
+    result: "void",
+  },
+  sae_decode: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i32", "i32", "i32", "f32", "i32"],
+      ...["buffer", "buffer", "buffer", "buffer"],
+    ],
+    result: "void",
+  },
+  sae_lists: { parameters: ["buffer", "i32", "i32", "buffer", "buffer"], result: "void" },
+  sae_feature_grads: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i32", "i32", "i32", "i32", "buffer", "buffer", "buffer"],
+    ],
+    result: "void",
+  },
+  sae_add_transposed: {
+    parameters: ["buffer", "i32", "i32", "i32", "i32", "buffer"],
+    result: "void",
+  },
+  sae_bdec_grad: {
+    parameters: ["buffer", "i32", "i32", "buffer", "i32", "i32", "buffer", "buffer"],
+    result: "void",
+  },
+  sae_sum_squares: { parameters: ["buffer", "i64"], result: "f64" },
+  sae_adamw: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "buffer"],
+    result: "void",
+  },
+  jsae_gelu_grad: { parameters: ["buffer", "buffer", "i32", "i32"], result: "void" },
+  jsae_forward: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i32", "i32", "i32", "f32", "i32", "buffer", "buffer"],
+    ],
+    result: "void",
+  },
+  jsae_backward: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i32", "i32", "i32", "i32", "buffer"],
+    ],
+    result: "void",
+  },
+} as const;
+
+type Kernels = NativeLibrary<typeof CPU_ENGINE_SYMBOLS>["symbols"];
+
+/** Rows per partial-sum block (losses, L0, b_dec's column sums, |J|): fixed, for determinism. */
+export const BLOCK_ROWS = 256;
+/** Rows per encoder product: 1,024 × 512 pre-activations (2 MiB) stay in cache for selection. */
+export const ENCODER_ROWS = 1024;
+// Rows per scheduling unit of the selection (no sums: any split gives the same result).
+const SELECT_ROWS = 64;
+
+/** The architectures the engine trains (`jsae` given its MLPs). */
+export const CPU_ENGINE_ARCHITECTURES: readonly string[] = [
+  "topk",
+  "staircase",
+  "staircase-detached",
+  "jsae",
+];
+
+/** One SAE: its view of the flat arrays and its own scratch. */
+interface HookState {
+  view: SaeView;
+  /** Kept pairs `[micro, k]`. */
+  idx: Int32Array;
+  val: Float32Array;
+  /** Per-feature lists of the kept pairs. */
+  starts: Int32Array;
+  list: Int32Array;
+  /** ∂W_enc, transposed `[width, D]`, summed over the step's micro-batches. */
+  encT: Float32Array;
+  /** Per block of rows over the whole step: (Σ e², positives) pairs and ∂L/∂x̂ column sums. */
+  sums: Float32Array;
+  cols: Float32Array;
+}
+
+/** One JSAE pair: the frozen MLP, the factors and their gradients, per-pass scratch. */
+interface PairState {
+  up: HookState;
+  down: HookState;
+  m: number;
+  wFc: Float32Array;
+  bFc: Float32Array;
+  wProj: Float32Array;
+  /** A `[F_in, M]`, Bᵀ `[F_out, M]` and their gradients. */
+  a: Float32Array;
+  bt: Float32Array;
+  da: Float32Array;
+  dbt: Float32Array;
+  /** GELU′ `[micro, M]`, dJ `[micro, k, k]`, Σ|J| per block over the step. */
+  g: Float32Array;
+  dj: Float32Array;
+  sums: Float32Array;
+}
+
+/** The flat arrays: parameters, gradients, both moments. */
+interface Flat {
+  params: Float32Array;
+  grads: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+}
+
+/** Scratch shared by the SAEs (each uses it within its own pass). */
+interface Shared {
+  xc: Float32Array;
+  pre: Float32Array;
+  dxhat: Float32Array;
+  dpre: Float32Array;
+}
+
+/** The engine; create with {@link CpuSaeEngine.create}. */
+export class CpuSaeEngine {
+  readonly #o: CpuSaeEngineOptions;
+  readonly #native: NativeLibrary<typeof CPU_ENGINE_SYMBOLS>;
+  readonly #k: Kernels;
+  readonly #blas: BlasLibrary;
+  readonly #layout: ParamLayout;
+  readonly #flat: Flat;
+  readonly #shared: Shared;
+  readonly #micros: { offset: number; count: number; block: number }[];
+  readonly #blocks: number;
+  readonly #hooks: HookState[];
+  readonly #pairs: PairState[];
+  readonly #adamConstants = new Float32Array(10);
+  #batch: ReadonlyMap<string, Float32Array> | undefined;
+  #step = 0;
+
+  private constructor(
+    o: CpuSaeEngineOptions,
+    native: NativeLibrary<typeof CPU_ENGINE_SYMBOLS>,
+    blas: BlasLibrary,
+    parts: {
+      layout: ParamLayout;
+      flat: Flat;
+      shared: Shared;
+      micros: { offset: number; count: number; block: number }[];
+      blocks: number;
+      hooks: HookState[];
+      pairs: PairState[];
+    },
+  ) {
+    this.#o = o;
+    this.#native = native;
+    this.#k = native.symbols;
+    this.#blas = blas;
+    ({
+      layout: this.#layout,
+      flat: this.#flat,
+      shared: this.#shared,
+      micros: this.#micros,
+      blocks: this.#blocks,
+      hooks: this.#hooks,
+      pairs: this.#pairs,
+    } = parts);
+  }
+
+  /**
+   * Builds the engine: compiles (first use) and opens the kernels, opens OpenBLAS, lays out and
+   * copies the SAEs' parameters (from their variables), zeroes the moments and allocates every
+   * buffer.
+   *
+   * @param o SAEs, batch sizes and optimizer settings.
+   * @returns The engine, at step 0 (see {@link CpuSaeEngine.load} to resume).
+   * @throws {RangeError} For an architecture the engine does not train, or impossible sizes.
+   * @throws {NativeError} If the kernels cannot be compiled (no C compiler: `apt-get install gcc`).
+   * @throws {Error} If no BLAS library opens.
+   */
+  static async create(o: CpuSaeEngineOptions): Promise<CpuSaeEngine> {
+    if (
+      !CPU_ENGINE_ARCHITECTURES.includes(o.sae.arch) || (o.sae.arch === "jsae") !== !!o.jacobian
+    ) {
+      throw new RangeError(
+        `Cannot train "${o.sae.arch}" SAEs on the CPU engine ` +
+          (o.jacobian ? "with a Jacobian term" : "without the MLPs of the Jacobian term"),
+      );
+    }
+    const micro = o.microRows ?? o.rows;
+    if (!(Number.isInteger(o.rows) && o.rows > 0 && Number.isInteger(micro) && micro > 0)) {
+      throw new RangeError(`Cannot train on ${o.rows} rows per step in passes of ${micro}`);
+    }
+    const { k } = o.sae;
+    if (!(Number.isInteger(k) && k >= 1 && o.saes.hooks.every((h) => k <= o.saes.width(h)))) {
+      throw new RangeError(`Cannot keep k = ${k} features: need 1 ≤ k ≤ every SAE's width`);
+    }
+    const blas = openBlas();
+    if ("error" in blas) throw new Error(`Cannot start the CPU SAE engine: ${blas.error}`);
+    const native = await loadNative(new URL("./cpu_engine.c", import.meta.url), CPU_ENGINE_SYMBOLS);
+    const layout = layoutParams(o.saes, o.sae, o.adam.decays);
+    const flat = {
+      params: new Float32Array(layout.length),
+      grads: new Float32Array(layout.length),
+      m: new Float32Array(layout.length),
+      v: new Float32Array(layout.length),
+    };
+    await copyParams(o.saes, layout, flat.params);
+    const micros = [];
+    let blocks = 0;
+    for (let offset = 0; offset < o.rows; offset += micro) {
+      const count = Math.min(micro, o.rows - offset);
+      micros.push({ offset, count, block: blocks });
+      blocks += Math.ceil(count / BLOCK_ROWS);
+    }
+    const rows = Math.min(micro, o.rows);
+    const d = layout.saes[0]!.d;
+    const maxWidth = Math.max(...layout.saes.map((s) => s.width));
+    const shared = {
+      xc: new Float32Array(rows * d),
+      pre: new Float32Array(Math.min(rows, ENCODER_ROWS) * maxWidth),
+      dxhat: new Float32Array(rows * d),
+      dpre: new Float32Array(rows * k),
+    };
+    const hooks = layout.saes.map((view) => ({
+      view,
+      idx: new Int32Array(rows * k),
+      val: new Float32Array(rows * k),
+      starts: new Int32Array(view.width + 1),
+      list: new Int32Array(rows * k),
+      encT: new Float32Array(view.width * d),
+      sums: new Float32Array(blocks * 2),
+      cols: new Float32Array(blocks * d),
+    }));
+    const pairs = await Promise.all(
+      (o.jacobian?.pairs ?? []).map((p) => pairState(p, o.jacobian!.mlp(p), hooks, rows, blocks)),
+    );
+    const engine = new CpuSaeEngine(o, native, blas, {
+      layout,
+      flat,
+      shared,
+      micros,
+      blocks,
+      hooks,
+      pairs,
+    });
+    return engine;
+  }
+
+  /** Optimizer steps taken. */
+  get stepsDone(): number {
+    return this.#step;
+  }
+
+  /**
+   * One training step.
+   *
+   * @param batch Per hook, the step's activations `[rows, D]` row-major; undefined keeps the last.
+   * @param lr The step's learning rate.
+   * @param report Whether to return the figures.
+   * @returns On a reporting step: each SAE's loss, each JSAE pair's λ-weighted Jacobian term, then
+   *   each SAE's L0 (mean positive features per token); else undefined.
+   * @throws {RangeError} If a hook's batch is missing or has another size, or no batch was given
+   *   yet.
+   */
+  step(
+    batch: ReadonlyMap<string, Float32Array> | undefined,
+    lr: number,
+    report: boolean,
+  ): Promise<Float32Array | undefined> {
+    const x = this.#inputs(batch);
+    this.#step++;
+    this.#flat.grads.fill(0);
+    for (const h of this.#hooks) h.encT.fill(0);
+    for (const p of this.#pairs) this.#factors(p);
+    for (const micro of this.#micros) {
+      for (const [i, h] of this.#hooks.entries()) this.#pass(h, x[i]!, micro);
+      for (const p of this.#pairs) this.#jacobianPass(p, x[this.#hooks.indexOf(p.up)]!, micro);
+    }
+    for (const p of this.#pairs) this.#jacobianGrads(p);
+    for (const h of this.#hooks) this.#biasGrad(h);
+    this.#optimize(lr);
+    return Promise.resolve(report ? this.#figures() : undefined);
+  }
+
+  // The step's activations per hook, in hook order, checked.
+  #inputs(batch: ReadonlyMap<string, Float32Array> | undefined): Float32Array[] {
+    if (batch !== undefined) this.#batch = batch;
+    const rows = this.#o.rows;
+    return this.#hooks.map(({ view: { hook, d } }) => {
+      const data = this.#batch?.get(hook);
+      if (data === undefined || data.length !== rows * d) {
+        throw new RangeError(
+          `Cannot train "${hook}": its batch has ${
+            data?.length ?? "no"
+          } values, not ${rows} × ${d}`,
+        );
+      }
+      return data;
+    });
+  }
+
+  // One SAE's forward and backward pass over one micro-batch; gradients add into the flat array.
+  #pass(
+    h: HookState,
+    batch: Float32Array,
+    micro: { offset: number; count: number; block: number },
+  ) {
+    const { params, grads } = this.#flat;
+    const { xc, pre, dxhat, dpre } = this.#shared;
+    const { d, k, width, ld, wEnc, bEnc, wDec, bDec, trainFrom } = h.view;
+    const n = micro.count;
+    const x = batch.subarray(micro.offset * d, (micro.offset + n) * d);
+    this.#k.sae_center(x, params.subarray(bDec), n, d, xc);
+    for (let first = 0; first < n; first += ENCODER_ROWS) {
+      const rows = Math.min(ENCODER_ROWS, n - first);
+      this.#blas.sgemm({
+        transA: false,
+        transB: false,
+        m: rows,
+        n: width,
+        k: d,
+        a: xc,
+        aOffset: first * d,
+        b: params,
+        bOffset: wEnc,
+        ldb: ld,
+        c: pre,
+      });
+      this.#k.sae_select(
+        pre,
+        rows,
+        width,
+        params.subarray(bEnc),
+        k,
+        SELECT_ROWS,
+        h.idx.subarray(first * k),
+        h.val.subarray(first * k),
+      );
+    }
+    this.#k.sae_decode(
+      x,
+      params.subarray(wDec),
+      params.subarray(bDec),
+      h.idx,
+      h.val,
+      n,
+      d,
+      k,
+      2 / this.#o.rows,
+      BLOCK_ROWS,
+      dxhat,
+      dpre,
+      h.sums.subarray(2 * micro.block),
+      h.cols.subarray(micro.block * d),
+    );
+    this.#k.sae_lists(h.idx, n * k, width, h.starts, h.list);
+    this.#k.sae_feature_grads(
+      ...[h.starts, h.list, h.val, dpre, dxhat, xc] as const,
+      ...[d, k, width, trainFrom] as const,
+      ...[grads.subarray(wDec), h.encT, grads.subarray(bEnc)] as const,
+    );
+  }
+
+  // After the micro-batches: W_enc's gathered gradient into place, then b_dec's gradient.
+  #biasGrad(h: HookState): void {
+    const { params, grads } = this.#flat;
+    const { d, width, ld, wEnc, bEnc, bDec, trainFrom } = h.view;
+    this.#k.sae_add_transposed(h.encT, d, trainFrom, width, ld, grads.subarray(wEnc));
+    this.#k.sae_bdec_grad(
+      ...[h.cols, this.#blocks, d, params.subarray(wEnc), ld, width] as const,
+      ...[grads.subarray(bEnc), grads.subarray(bDec)] as const,
+    );
+  }
+
+  // Global-norm clipping and AdamW over the flat arrays, with the per-step constants rounded to
+  // f32 as the reference's scalars are.
+  #optimize(lr: number): void {
+    const { params, grads, m, v } = this.#flat;
+    const { beta1, beta2, eps, weightDecay } = this.#o.adam;
+    const f = Math.fround;
+    const norm = f(Math.sqrt(this.#k.sae_sum_squares(grads, BigInt(grads.length))));
+    const factor = Math.min(1, f(f(this.#o.gradClip) / f(norm + f(1e-6))));
+    const t = this.#step;
+    this.#adamConstants.set([
+      factor,
+      lr,
+      1 - lr * weightDecay,
+      1 - beta1 ** t,
+      1 - beta2 ** t,
+      beta1,
+      beta2,
+      1 - beta1,
+      1 - beta2,
+      eps,
+    ]);
+    this.#k.sae_adamw(
+      params,
+      grads,
+      m,
+      v,
+      BigInt(params.length),
+      BigInt(this.#layout.decayEnd),
+      this.#adamConstants,
+    );
+  }
+
+  // Each SAE's loss, each pair's λ-weighted Jacobian term, each SAE's L0, from the block partials.
+  #figures(): Float32Array {
+    const rows = this.#o.rows;
+    const sum = (a: Float32Array, from: number, stride: number) => {
+      let s = 0;
+      for (let i = from; i < a.length; i += stride) s += a[i]!;
+      return s;
+    };
+    const k = this.#o.sae.k, lambda = this.#o.jacobian?.lambda ?? 0;
+    return Float32Array.from([
+      ...this.#hooks.map((h) => sum(h.sums, 0, 2) / rows),
+      ...this.#pairs.map((p) => (sum(p.sums, 0, 1) / (k * k)) * lambda),
+      ...this.#hooks.map((h) => sum(h.sums, 1, 2) / rows),
+    ]);
+  }
+
+  // A = W_dec_in · W_fc and Bᵀ = W_enc_outᵀ · W_projᵀ from this step's weights; zeroes ∂A, ∂Bᵀ.
+  #factors(p: PairState): void {
+    const { params } = this.#flat;
+    const { up, down, m } = p;
+    const d = up.view.d;
+    this.#blas.sgemm({
+      ...{ transA: false, transB: false, m: up.view.width, n: m, k: d },
+      ...{ a: params, aOffset: up.view.wDec, b: p.wFc, c: p.a },
+    });
+    this.#blas.sgemm({
+      ...{ transA: true, transB: true, m: down.view.width, n: m, k: d },
+      ...{ a: params, aOffset: down.view.wEnc, lda: down.view.ld, b: p.wProj, c: p.bt },
+    });
+    p.da.fill(0);
+    p.dbt.fill(0);
+  }
+
+  // One micro-batch of a pair's Jacobian term: GELU′, J (and dJ, Σ|J|), then ∂A and ∂Bᵀ gathered
+  // over the input and output SAEs' feature lists (built by their passes just before).
+  #jacobianPass(
+    p: PairState,
+    x: Float32Array,
+    micro: { offset: number; count: number; block: number },
+  ) {
+    const { up, down, m } = p;
+    const { d, k } = up.view;
+    const n = micro.count;
+    this.#blas.sgemm({
+      ...{ transA: false, transB: false, m: n, n: m, k: d },
+      ...{ a: x, aOffset: micro.offset * d, b: p.wFc, c: p.g },
+    });
+    this.#k.jsae_gelu_grad(p.g, p.bFc, n, m);
+    const scale = Math.fround(this.#o.jacobian!.lambda) / (k * k);
+    this.#k.jsae_forward(
+      ...[up.idx, down.idx, p.a, p.bt, p.g, n, k, m, scale, BLOCK_ROWS] as const,
+      ...[p.dj, p.sums.subarray(micro.block)] as const,
+    );
+    this.#k.jsae_backward(
+      up.starts,
+      up.list,
+      p.dj,
+      down.idx,
+      p.bt,
+      p.g,
+      k,
+      m,
+      up.view.width,
+      0,
+      p.da,
+    );
+    this.#k.jsae_backward(
+      down.starts,
+      down.list,
+      p.dj,
+      up.idx,
+      p.a,
+      p.g,
+      k,
+      m,
+      down.view.width,
+      1,
+      p.dbt,
+    );
+  }
+
+  // After the micro-batches: ∂W_dec_in += ∂A · W_fcᵀ, ∂W_enc_out += W_projᵀ · ∂Bᵀᵀ.
+  #jacobianGrads(p: PairState): void {
+    const { grads } = this.#flat;
+    const { up, down, m } = p;
+    const d = up.view.d;
+    this.#blas.sgemm({
+      ...{ transA: false, transB: true, m: up.view.width, n: d, k: m, beta: 1 },
+      ...{ a: p.da, b: p.wFc, c: grads, cOffset: up.view.wDec },
+    });
+    this.#blas.sgemm({
+      ...{ transA: true, transB: true, m: d, n: down.view.width, k: m, beta: 1 },
+      ...{ a: p.wProj, b: p.dbt, c: grads, cOffset: down.view.wEnc, ldc: down.view.ld },
+    });
+  }
+
+  /**
+   * The current parameters, by name.
+   *
+   * @returns Name → shape and values (copies).
+   */
+  params(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+    return Promise.resolve(this.#unflatten(this.#flat.params, ""));
+  }
+
+  /**
+   * Copies the current parameters into the SAE set's variables (for evaluation and checkpoints
+   * written by the reference code).
+   */
+  async writeBack(): Promise<void> {
+    for (const [name, p] of await this.params()) {
+      const v = this.#o.saes.params.get(name)!;
+      tf.tidy(() => v.assign(tf.tensor(p.data, p.shape)));
+    }
+  }
+
+  /**
+   * The optimizer state in `AdamW.state()`'s form (`m.<name>`, `v.<name>`), for checkpoints.
+   *
+   * @returns Step count and moments (copies).
+   */
+  state(): Promise<AdamWState> {
+    const tensors = new Map([
+      ...this.#unflatten(this.#flat.m, "m."),
+      ...this.#unflatten(this.#flat.v, "v."),
+    ]);
+    return Promise.resolve({ step: this.#step, tensors });
+  }
+
+  /**
+   * Restores an optimizer state saved by {@link CpuSaeEngine.state} or `AdamW.state()`; the
+   * parameters come from the SAE set's variables, which must already hold the checkpoint's.
+   *
+   * @param state The saved state.
+   * @throws {RangeError} If a moment is missing or has another size.
+   */
+  async load(state: AdamWState): Promise<void> {
+    for (const [prefix, flat] of [["m.", this.#flat.m], ["v.", this.#flat.v]] as const) {
+      for (const s of this.#layout.slots) {
+        const saved = state.tensors.get(prefix + s.name);
+        if (saved === undefined || saved.data.length !== s.size) {
+          throw new RangeError(`Cannot restore optimizer: moment "${prefix}${s.name}" is missing`);
+        }
+        flat.set(saved.data, s.offset);
+      }
+    }
+    await copyParams(this.#o.saes, this.#layout, this.#flat.params);
+    this.#step = state.step;
+  }
+
+  /** Closes the native kernels and OpenBLAS. */
+  dispose(): void {
+    this.#native.close();
+    this.#blas.close();
+  }
+
+  #unflatten(
+    flat: Float32Array,
+    prefix: string,
+  ): Map<string, { shape: number[]; data: Float32Array }> {
+    return new Map(
+      this.#layout.slots.map((s) => [
+        prefix + s.name,
+        { shape: s.shape, data: flat.slice(s.offset, s.offset + s.size) },
+      ]),
+    );
+  }
+}
+
+// Copies the SAE set's variables into the flat parameter array.
+async function copyParams(saes: SaeSet, layout: ParamLayout, flat: Float32Array): Promise<void> {
+  for (const s of layout.slots) {
+    flat.set((await saes.params.get(s.name)!.data()) as Float32Array, s.offset);
+  }
+}
+
+// A JSAE pair's state: the MLP's weights copied once (the model is frozen), factor buffers.
+async function pairState(
+  pair: SaePair,
+  mlp: MlpWeights,
+  hooks: HookState[],
+  rows: number,
+  blocks: number,
+): Promise<PairState> {
+  const [up, down] = [pair.up, pair.down].map((hook) => {
+    const h = hooks.find((s) => s.view.hook === hook);
+    if (h === undefined) throw new RangeError(`Cannot train pair ${hook}: no SAE there`);
+    return h;
+  });
+  const m = mlp.wFc.shape[1];
+  const k = up!.view.k;
+  return {
+    up: up!,
+    down: down!,
+    m,
+    wFc: Float32Array.from(await mlp.wFc.data()),
+    bFc: Float32Array.from(await mlp.bFc.data()),
+    wProj: Float32Array.from(await mlp.wProj.data()),
+    a: new Float32Array(up!.view.width * m),
+    bt: new Float32Array(down!.view.width * m),
+    da: new Float32Array(up!.view.width * m),
+    dbt: new Float32Array(down!.view.width * m),
+    g: new Float32Array(rows * m),
+    dj: new Float32Array(rows * k * k),
+    sums: new Float32Array(blocks),
+  };
+}
