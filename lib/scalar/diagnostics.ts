@@ -132,6 +132,25 @@ export function pairDiagnostics(o: {
  * @returns `[F]` counts (float64).
  * @throws {RangeError} If the tokens hold fewer than sequences · n_ctx + 1, or a size is not a
  * positive integer.
+ *
+ * @example An untrained Staircase pair on a tiny model: at most k = 2 latents per token
+ * ```ts
+ * import { ok } from "node:assert/strict";
+ * import { GPT } from "../model/gpt.ts";
+ * import { buildSaes } from "../sae/architectures.ts";
+ * import { layoutPosition } from "../sae/positions.ts";
+ * import { activeLatentCounts } from "./diagnostics.ts";
+ *
+ * const shape = { nLayer: 1, nHead: 1, dModel: 4, dMlp: 8, nCtx: 3, vocabSize: 5, lnEps: 1e-5 };
+ * const model = GPT.init(shape, 0);
+ * const layout = layoutPosition("mlp-block", 1);
+ * const saes = buildSaes({ arch: "staircase", features: 4, k: 2, jsaeLambda: 0 }, layout, 4, 0);
+ * const tokens = Int32Array.from({ length: 13 }, (_, i) => i % 5); // 4 windows of 3, + 1
+ * const counts = await activeLatentCounts({
+ *   model, saes, hook: layout.pairs[0]!.down, tokens, sequences: 4, batchSequences: 2,
+ * });
+ * ok(counts.length === 8 && counts.reduce((s, c) => s + c, 0) <= 4 * 3 * 2);
+ * ```
  */
 export async function activeLatentCounts(o: {
   model: GPT;
