@@ -6,6 +6,7 @@
  * @module
  */
 import { resolve } from "node:path";
+import { SHIPPED_DATA_DIR } from "../../lib/data/corpus.ts";
 import type { GPTConfig } from "../../lib/model/gpt.ts";
 import { saveRandomToyModel } from "../../lib/model/testdata/tiny_gpt.ts";
 
@@ -22,8 +23,8 @@ const TINY: GPTConfig = {
   lnEps: 1e-5,
 };
 
-/** The folder holding `tinyshakespeare.txt`; the tests that need the corpus skip without it. */
-export const dataDir = Deno.env.get("SCALAR_DATA_DIR");
+/** The folder holding `tinyshakespeare.txt`: `$SCALAR_DATA_DIR`, else the copy the repository ships. */
+export const dataDir: string | undefined = Deno.env.get("SCALAR_DATA_DIR") || SHIPPED_DATA_DIR;
 
 /** The environment of the children; they run in a temporary folder, so the data folder is absolute. */
 export const CHILD_ENV = {
