@@ -29,6 +29,20 @@ Deno.test({
       "csv",
     );
     assert.equal(counts.stdout.trim(), "runs,curves,saes\n2,true,2");
+    // The Staircase diagnostics land with the pair metrics: for TopK's equal widths every active
+    // downstream latent is in the "shared" chunk.
+    const diagnostics = await cli(
+      dir,
+      "query",
+      "select r.config->>'$.sae.arch' as arch, m.value from metrics m join runs r on r.id = m.run_id " +
+        "where m.metric = 'shared_chunk_fraction' order by all",
+      "--format",
+      "csv",
+    );
+    const rows = diagnostics.stdout.trim().split("\n").slice(1).map((l) => l.split(","));
+    assert.deepEqual(rows.map((r) => r[0]), ["staircase", "topk"], diagnostics.stdout);
+    assert.ok(Number(rows[0]![1]) >= 0 && Number(rows[0]![1]) <= 1, diagnostics.stdout);
+    assert.equal(rows[1]![1], "1");
     await Deno.remove(dir, { recursive: true });
   },
 });
