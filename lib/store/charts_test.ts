@@ -118,6 +118,9 @@ Deno.test("buildCharts() makes a curve chart per layer (seed mean and min–max 
       v.series === "staircase" && v.layer === 1 && v.measure === "relative SCALAR"
     )!;
     deepEqual([s.mean, s.low, s.high], [7, 6, 8]);
+    // Where it shows both SCALARs, the caption states the identity between them.
+    const { subtitle } = (charts[2]!.spec as { title: { subtitle: string[] } }).title;
+    ok(subtitle.join(" ").includes("relative = absolute × 2^18 / E_tot"), String(subtitle));
   } finally {
     store.close();
   }
