@@ -84,7 +84,8 @@ Options:
     }
     const db = values.db ?? DEFAULT_DB;
     await mergeBeforeReading(db, experiment);
-    const store = await openStore(db, { readOnly: true });
+    // The report's SQL is the program's, but it gets no more than a user's query would.
+    const store = await openStore(db, { readOnly: true, sandboxed: true });
     try {
       console.log(await report(store, { experiment, format, curve, expectedSeeds }));
       if (values.plot) {

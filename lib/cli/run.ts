@@ -17,7 +17,7 @@ import { type SaeRunConfig } from "../experiment/sae_run.ts";
 import { removeAbandonedFills } from "../sae/activation_cache.ts";
 import { currentOwner, ownerAlive } from "../store/claims.ts";
 import { type Store, StoreError, withStore as useStore } from "../store/db.ts";
-import { type RunRecord, type RunStatus, runStatuses } from "../store/write.ts";
+import { linkGrid, type RunRecord, type RunStatus, runStatuses } from "../store/write.ts";
 import denoConfig from "../../deno.json" with { type: "json" };
 import { formatDuration, LiveLog } from "../util/progress.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
@@ -46,9 +46,13 @@ const COMMON_HELP = `  --db PATH        results database (default ${DEFAULT_DB})
   --only KEY=VALUE only runs whose varied parameter (or seed) has this value; repeatable
   -h, --help       show this help`;
 
-/** Opens the store for one short piece of work: DuckDB lets one writer hold the file at a time. */
+/**
+ * Opens the store for one short piece of work (DuckDB lets one writer hold the file at a time),
+ * waiting, with a message, while another process (a reader) holds it.
+ */
 function withStore<T>(db: string, work: (store: Store) => Promise<T>): Promise<T> {
-  return useStore(db, {}, work);
+  const onWait = (line: string) => console.error(line);
+  return useStore(db, { lockWaitMs: 10 * 60_000, onWait }, work);
 }
 
 /**
@@ -227,6 +231,13 @@ ${COMMON_HELP}`,
       console.error(`${manifest.name}: prepared what ${runs.length} runs share (${n} distinct)`);
       return 0;
     }
+    // The experiment's grid is what the manifest says now: one run may serve several manifests.
+    await withStore(db, (s) =>
+      linkGrid(
+        s,
+        manifest.name,
+        expansion.runs.map((r) => ({ id: r.id, manifestPath: manifest.file, varied: r.varied })),
+      ));
     // A run Slurm holds is at work there, in the same run folder: leave it to Slurm.
     const held = values.slurm ? new Map() : await runsInSlurm(db, manifest.name);
     const pending = runs.filter((r) =>

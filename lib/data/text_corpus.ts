@@ -207,6 +207,41 @@ async function hashFile(source: Source, progress: ByteProgress): Promise<string>
   return hash.digest("hex");
 }
 
+/**
+ * The identity of a corpus's bytes, without tokenizing it: a sha256 over the kind and sha256 of
+ * every source file, in the order the corpus reads them, and the text field where a file is JSONL
+ * (what a run id records of its data).
+ *
+ * @param path A `.txt`/`.jsonl` file or a folder of them.
+ * @param textField The field of each `.jsonl` line that holds the text. @default "text"
+ * @returns 64 lowercase hex digits.
+ * @throws {CorpusError} Naming the file or folder that is missing, unreadable or of no known kind.
+ *
+ * @example
+ * ```ts
+ * import { equal, notEqual } from "node:assert/strict";
+ * import { corpusSourcesSha256 } from "./text_corpus.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${dir}/a.txt`, "to be");
+ * const before = await corpusSourcesSha256(dir);
+ * equal(await corpusSourcesSha256(dir), before);
+ * await Deno.writeTextFile(`${dir}/a.txt`, "or not");
+ * notEqual(await corpusSourcesSha256(dir), before);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export async function corpusSourcesSha256(path: string, textField = "text"): Promise<string> {
+  const sources = await listSources(path);
+  const quiet = new ByteProgress(false, 0, () => "", () => {});
+  const hashes: string[] = [];
+  for (const source of sources) hashes.push(await hashFile(source, quiet));
+  const hasJsonl = sources.some((s) => s.kind === "jsonl");
+  return createHash("sha256").update(JSON.stringify({
+    textField: hasJsonl ? textField : null,
+    sources: sources.map((s, i) => [s.kind, hashes[i]]),
+  })).digest("hex");
+}
+
 function typeName(value: unknown): string {
   return value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
 }

@@ -16,6 +16,8 @@ import { basename, normalize } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { BACKEND_CHOICES, type BackendChoice } from "../backend/select.ts";
 import { CORPORA } from "../data/corpus.ts";
+import { corpusSourcesSha256 } from "../data/text_corpus.ts";
+import { sha256File } from "../util/sha256_file.ts";
 import { type GPTConfig, MODEL_PRESETS } from "../model/gpt.ts";
 import { GPT2_FILES, gpt2DownloadHint, gptConfigFromHf } from "../model/gpt2.ts";
 import { MODEL_KINDS } from "../model/load.ts";
@@ -456,7 +458,13 @@ export async function expandManifestText(file: string, text: string): Promise<Ma
       for (const path of Object.keys(run.varied)) variedPaths.add(path);
       runs.push(run);
     }
-    await checkModels(combinations, ctx);
+    const weights = await checkModels(combinations, ctx);
+    const data = await checkData(combinations, ctx);
+    for (const run of runs) {
+      run.config.modelSha256 = weights.get(modelKey(run.config));
+      run.config.dataSha256 = data.get(dataKey(run.config));
+      run.id = runId(run.config);
+    }
   }
   src.throwIfProblems();
   return {
@@ -473,9 +481,12 @@ export async function expandManifestText(file: string, text: string): Promise<Ma
 }
 
 /**
- * The id of a run: the first 12 hex digits of the sha256 of its config as canonical JSON (keys
- * sorted at every level), so neither key order nor formatting changes it, and any change of a
- * setting, the seed included (`config.train.seed`), does.
+ * The id of a run: the first 12 hex digits of the sha256 of what it computes, as canonical JSON
+ * (keys sorted at every level): its config with the model's and the data's content
+ * (`modelSha256`, `dataSha256`) in place of their paths. So neither key order, formatting nor
+ * where the files lie changes it (one run serves every manifest that asks for the same work), and
+ * any change of a setting, the seed included (`config.train.seed`), or of the weights or data
+ * does.
  *
  * @param config The run's fully resolved configuration.
  * @returns 12 lowercase hex digits.
@@ -487,7 +498,20 @@ export async function expandManifestText(file: string, text: string): Promise<Ma
  * ```
  */
 export function runId(config: SaeRunConfig): string {
-  return createHash("sha256").update(canonicalJson(config)).digest("hex").slice(0, 12);
+  const content = { ...config, modelDir: undefined, dataPath: undefined };
+  return createHash("sha256").update(canonicalJson(content)).digest("hex").slice(0, 12);
+}
+
+/** What names a run's model: its kind and folder. */
+function modelKey(config: { modelKind?: string; modelDir: string }): string {
+  return `${config.modelKind ?? "toy"}:${config.modelDir}`;
+}
+
+/** What names a run's data: its registered corpus, or its path and text field. */
+function dataKey(config: { corpus: string; dataPath?: string; textField?: string }): string {
+  return config.dataPath
+    ? `path:${config.dataPath}:${config.textField}`
+    : `corpus:${config.corpus}`;
 }
 
 /**
@@ -653,9 +677,10 @@ function resolveRun(combo: Combination<MatrixOrigin>, ctx: CheckContext): Expand
 async function checkModels(
   combinations: Combination<MatrixOrigin>[],
   ctx: CheckContext,
-): Promise<void> {
+): Promise<Map<string, string>> {
   const { fields, flawed, where, report } = ctx;
-  const checks = new Map<string, Promise<{ problem?: string; shape?: GPTConfig }>>();
+  const checks = new Map<string, Promise<ModelInspection>>();
+  const weights = new Map<string, string>();
   for (const combo of combinations) {
     const value = (path: string) => combo.get(path)?.value ?? getPath(fields, path);
     const gpt2 = value("model.kind") === "gpt2";
@@ -664,9 +689,10 @@ async function checkModels(
     const flawedHere = ["model.kind", dirField].some((p) => !combo.has(p) && flawed.has(p));
     if (flawedHere || (gpt2 && !value("model.path"))) continue;
     const dir = normalizeDir(value(dirField) as string);
-    const key = `${gpt2 ? "gpt2" : "toy"}:${dir}`;
-    if (!checks.has(key)) checks.set(key, gpt2 ? inspectGpt2(dir) : inspectModel(dir));
-    const { problem, shape } = await checks.get(key)!;
+    const key = modelKey({ modelKind: gpt2 ? "gpt2" : undefined, modelDir: dir });
+    if (!checks.has(key)) checks.set(key, inspectWeights(gpt2 ? inspectGpt2 : inspectModel, dir));
+    const { problem, shape, sha256 } = await checks.get(key)!;
+    if (sha256) weights.set(key, sha256);
     if (problem) {
       report(blame(combo, [dirField], where), problem);
       continue;
@@ -690,10 +716,77 @@ async function checkModels(
       if (why) report(blame(combo, ["model.layers"], where), `${why}`);
     }
   }
+  return weights;
+}
+
+/** A model folder's check: a problem, or its shape and the sha256 of its weights. */
+interface ModelInspection {
+  problem?: string;
+  shape?: GPTConfig;
+  sha256?: string;
+}
+
+/** Inspects a model folder and, when it is usable, hashes its weights (part of the run ids). */
+async function inspectWeights(
+  inspect: (dir: string) => Promise<ModelInspection>,
+  dir: string,
+): Promise<ModelInspection> {
+  const found = await inspect(dir);
+  if (found.problem) return found;
+  const file = `${dir}/${GPT2_FILES.weights}`;
+  try {
+    return { ...found, sha256: await sha256File(file) };
+  } catch (e) {
+    return {
+      problem: `Cannot read model weights "${file}": ${e instanceof Error ? e.message : e}`,
+    };
+  }
+}
+
+/**
+ * Reads the data of every run once, up front: a registered corpus by its known sha256, a
+ * `data.path` by hashing its files, so a missing or unreadable file is a problem of the manifest
+ * (naming the file) rather than of each run later.
+ *
+ * @returns Data key → sha256 of the data.
+ */
+async function checkData(
+  combinations: Combination<MatrixOrigin>[],
+  ctx: CheckContext,
+): Promise<Map<string, string>> {
+  const { fields, flawed, where, report } = ctx;
+  const hashes = new Map<string, Promise<{ sha256?: string; problem?: string }>>();
+  const out = new Map<string, string>();
+  for (const combo of combinations) {
+    const value = (path: string) => combo.get(path)?.value ?? getPath(fields, path);
+    if (["data.path", "data.corpus"].some((p) => !combo.has(p) && flawed.has(p))) continue;
+    const path = value("data.path") as string;
+    const corpus = value("data.corpus") as string;
+    const textField = value("data.text_field") as string;
+    const config = path
+      ? { corpus, dataPath: normalizeDir(path), textField }
+      : { corpus, textField };
+    const key = dataKey(config);
+    if (!hashes.has(key)) {
+      hashes.set(
+        key,
+        path
+          ? corpusSourcesSha256(config.dataPath!, textField).then(
+            (sha256) => ({ sha256 }),
+            (e) => ({ problem: e instanceof Error ? e.message : String(e) }),
+          )
+          : Promise.resolve({ sha256: CORPORA[corpus]?.sha256 }),
+      );
+    }
+    const { sha256, problem } = await hashes.get(key)!;
+    if (problem) report(blame(combo, ["data.path"], where), problem);
+    else if (sha256) out.set(key, sha256);
+  }
+  return out;
 }
 
 /** Whether a folder holds a Hugging Face GPT-2 the loader reads, and its shape. */
-async function inspectGpt2(dir: string): Promise<{ problem?: string; shape?: GPTConfig }> {
+async function inspectGpt2(dir: string): Promise<ModelInspection> {
   const missing = [];
   for (const name of [GPT2_FILES.config, GPT2_FILES.weights]) {
     if (!(await Deno.stat(`${dir}/${name}`).then(() => true, () => false))) missing.push(name);
@@ -714,7 +807,7 @@ async function inspectGpt2(dir: string): Promise<{ problem?: string; shape?: GPT
 }
 
 /** Whether a folder holds a finished model checkpoint, and its shape. */
-async function inspectModel(dir: string): Promise<{ problem?: string; shape?: GPTConfig }> {
+async function inspectModel(dir: string): Promise<ModelInspection> {
   const manifest = await trainingManifest(dir);
   // models/ holds the shipped models (the toy manifests' default): say how to get them back first.
   const train = dir.startsWith("models/")

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { CORPORA } from "../data/corpus.ts";
 import { GPT2_SMALL, SHAKESPEARE_64X4 } from "../model/gpt.ts";
 import { hfConfigFromGpt } from "../model/gpt2.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
@@ -23,10 +24,20 @@ Deno.writeTextFileSync(`${MODEL}/model.safetensors`, "");
 const GPT2 = Deno.makeTempDirSync({ prefix: "manifest_test_gpt2_" });
 Deno.writeTextFileSync(`${GPT2}/config.json`, JSON.stringify(hfConfigFromGpt(GPT2_SMALL)));
 Deno.writeTextFileSync(`${GPT2}/model.safetensors`, "");
+/** The sha256 of the empty weights files above, and of the registered corpus: part of run ids. */
+const CONTENT = {
+  modelSha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+  dataSha256: CORPORA.tinyshakespeare!.sha256,
+};
 globalThis.addEventListener("unload", () => {
   Deno.removeSync(MODEL, { recursive: true });
   Deno.removeSync(GPT2, { recursive: true });
+  Deno.removeSync(CORPUS, { recursive: true });
 });
+
+/** A local corpus folder (manifest checking hashes its files). */
+const CORPUS = Deno.makeTempDirSync({ prefix: "manifest_test_corpus_" });
+Deno.writeTextFileSync(`${CORPUS}/a.jsonl`, '{"body": "to be"}\n');
 
 /** Lines 1–2 of every test manifest: a name and the model. */
 const HEAD = `name: t\nmodel: { checkpoint: ${MODEL} }\n`;
@@ -53,6 +64,7 @@ Deno.test("expandManifestText() without a matrix gives one run per seed with the
   assert.deepEqual(grid(e), [[0, {}], [1, {}]]);
   const expected: SaeRunConfig = {
     modelDir: MODEL,
+    ...CONTENT,
     corpus: "tinyshakespeare",
     position: "mlp",
     sae: { arch: "topk", features: 512, k: 10, jsaeLambda: 0.001 },
@@ -82,6 +94,7 @@ Deno.test("expandManifestText() maps every field of the manifest into the run's 
   );
   assert.deepEqual(e.runs.map((r) => [r.backend, r.config]), [["cpu", {
     modelDir: MODEL,
+    ...CONTENT,
     corpus: "tinyshakespeare",
     position: "mlp-block",
     sae: { arch: "staircase", features: 64, k: 4, jsaeLambda: 0.5 },
@@ -524,9 +537,10 @@ Deno.test("runId() is the same for the same config, whatever the key order", asy
   assert.equal(c.runs[0]!.id, a.runs[0]!.id);
 });
 
-Deno.test("runId() changes with every setting and with the seed", () => {
+Deno.test("runId() changes with every setting, the seed, the weights and the data, not with paths", () => {
   const base: SaeRunConfig = {
     modelDir: "results/models/toy-model",
+    ...CONTENT,
     corpus: "tinyshakespeare",
     position: "mlp",
     sae: { arch: "topk", features: 512, k: 10, jsaeLambda: 0.001 },
@@ -536,10 +550,13 @@ Deno.test("runId() changes with every setting and with the seed", () => {
   };
   // Pinned: a new id for the same config would orphan every stored run.
   assert.equal(runId(base), runId(structuredClone(base)));
-  assert.equal(runId(base), "64efeed4ee52");
+  assert.equal(runId(base), "5f09fe116cde");
+  // Where the files lie is no part of what a run computes.
+  assert.equal(runId({ ...base, modelDir: "elsewhere", dataPath: "x.txt" }), runId(base));
   const ids = new Set([runId(base)]);
   const visit = (node: Record<string, unknown>, path: string) => {
     for (const [key, value] of Object.entries(node)) {
+      if (key === "modelDir") continue;
       if (typeof value === "object" && value !== null) {
         visit(value as Record<string, unknown>, `${path}${key}.`);
         continue;
@@ -556,7 +573,8 @@ Deno.test("runId() changes with every setting and with the seed", () => {
     }
   };
   visit(base as unknown as Record<string, unknown>, "");
-  assert.equal(ids.size, 1 + 4 + 4 + 12 + 6); // base, then the leaves: top, sae, train, scalar
+  // base, then the leaves: top (content hashes included), sae, train, scalar
+  assert.equal(ids.size, 1 + 5 + 4 + 12 + 6);
 });
 
 Deno.test("canonicalJson() refuses values JSON cannot hold", () => {
@@ -567,14 +585,14 @@ Deno.test("expandManifestText() maps a GPT-2 manifest: folder, layers, local dat
   const { runs } = await expandManifestText(
     "m.yaml",
     `name: g\nmodel: { kind: gpt2, path: ${GPT2}/, layers: [1, 6, 11] }\n` +
-      `data: { path: ./corpus/, text_field: body }\nposition: mlp-block\n` +
+      `data: { path: ${CORPUS}/, text_field: body }\nposition: mlp-block\n` +
       `train: { batch: 32, micro_batch: 1 }\n`,
   );
   const c = runs[0]!.config;
   assert.equal(c.modelKind, "gpt2");
   assert.equal(c.modelDir, GPT2);
   assert.deepEqual(c.layers, [1, 6, 11]);
-  assert.equal(c.dataPath, "corpus");
+  assert.equal(c.dataPath, CORPUS);
   assert.equal(c.textField, "body");
   assert.equal(c.train.microBatch, 1);
   // Unset optional fields stay out of the config, so toy runs keep the ids they always had.

@@ -25,6 +25,9 @@ import { attributePair } from "../scalar/attribution.ts";
 import { edgeCounts, rankEdges } from "../scalar/ranking.ts";
 import { type CurvePoint, type ScalarScores, scalarScores } from "../scalar/score.ts";
 import type * as tf from "@tensorflow/tfjs";
+import { CheckpointError } from "../model/checkpoint.ts";
+import { GPT2_FILES } from "../model/gpt2.ts";
+import { sha256File } from "../util/sha256_file.ts";
 
 /** SCALAR settings of a run (the manifest's `scalar` section); defaults are the paper's. */
 export interface ScalarConfig {
@@ -58,6 +61,13 @@ export interface SaeRunConfig {
   modelDir: string;
   /** Set for GPT-2; unset means a toy model. */
   modelKind?: "gpt2";
+  /**
+   * The sha256 of the model's weights file when the run was planned: part of the run id, and
+   * checked when the model is loaded (unset: not checked).
+   */
+  modelSha256?: string;
+  /** The sha256 of the run's data (see `corpusSourcesSha256`): part of the run id. */
+  dataSha256?: string;
   /** Blocks that get SAEs, ascending; unset means all. */
   layers?: number[];
   /** Registered corpus, read when `dataPath` is unset. */
@@ -138,23 +148,60 @@ export interface RunSaeOptions {
   cacheRoot: string;
   /** Seed of the SAE initialisation and every random choice of the run. */
   seed: number;
-  /** Stops training early (checkpointed) when it fires. */
+  /**
+   * Stops the run at the next safe point when it fires: training at its next step (checkpointed),
+   * else before evaluation or the next SCALAR pair; every finished stage stays saved.
+   */
   signal?: AbortSignal;
   /** Progress lines. */
   log: (line: string) => void;
 }
 
-async function readJson<T>(path: string): Promise<T | undefined> {
+/**
+ * Reads a stage's saved JSON; one that does not parse (torn by a full disk or a crash) is ignored
+ * with a warning naming it, and its stage runs again.
+ */
+async function readJson<T>(path: string, log: (line: string) => void): Promise<T | undefined> {
+  let text;
   try {
-    return JSON.parse(await Deno.readTextFile(path)) as T;
+    text = await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return undefined;
     throw e;
   }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    log(
+      `warning: ignoring ${path}, which is incomplete (${(e as Error).message}); redoing its stage`,
+    );
+    return undefined;
+  }
 }
 
-/** Reads the training log; entries repeated by a resume (same step and SAE) keep the last. */
-async function readTrainLog(path: string): Promise<TrainLogEntry[]> {
+/**
+ * Cuts a torn last line off the training log (a write cut short by a full disk or a kill), with
+ * a warning naming the file, so that the lines appended next start on a line of their own.
+ */
+async function repairTornTail(path: string, log: (line: string) => void): Promise<void> {
+  let text;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  if (text === "" || text.endsWith("\n")) return;
+  const keep = text.lastIndexOf("\n") + 1;
+  log(`warning: ${path} ends in an incomplete line (${text.length - keep} bytes); dropping it`);
+  await Deno.truncate(path, new TextEncoder().encode(text.slice(0, keep)).length);
+}
+
+/**
+ * Reads the training log; entries repeated by a resume (same step and SAE) keep the last. A line
+ * that does not parse is skipped with a warning naming the file and line.
+ */
+async function readTrainLog(path: string, log: (line: string) => void): Promise<TrainLogEntry[]> {
   let text = "";
   try {
     text = await Deno.readTextFile(path);
@@ -162,12 +209,36 @@ async function readTrainLog(path: string): Promise<TrainLogEntry[]> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const byKey = new Map<string, TrainLogEntry>();
-  for (const line of text.split("\n")) {
+  for (const [i, line] of text.split("\n").entries()) {
     if (!line) continue;
-    const e = JSON.parse(line) as TrainLogEntry;
+    let e: TrainLogEntry;
+    try {
+      e = JSON.parse(line) as TrainLogEntry;
+    } catch (error) {
+      log(`warning: ignoring line ${i + 1} of ${path}: ${(error as Error).message}`);
+      continue;
+    }
     byKey.set(`${e.step} ${e.sae}`, e);
   }
   return [...byKey.values()].sort((a, b) => a.step - b.step || a.sae.localeCompare(b.sae));
+}
+
+/**
+ * Checks that the model's weights are those the run was planned with (its id records their
+ * sha256): weights replaced after planning would give results under the wrong id.
+ */
+async function checkWeights(config: SaeRunConfig): Promise<void> {
+  if (config.modelSha256 === undefined) return;
+  const file = `${config.modelDir}/${GPT2_FILES.weights}`;
+  const sha256 = await sha256File(file);
+  if (sha256 !== config.modelSha256) {
+    throw new CheckpointError(
+      file,
+      `Cannot use model weights "${file}": they changed since the grid was planned (sha256 ` +
+        `${sha256.slice(0, 12)}…, planned ${config.modelSha256.slice(0, 12)}…); run the ` +
+        `command again: the new weights get runs of their own`,
+    );
+  }
 }
 
 async function writeJson(path: string, value: unknown): Promise<void> {
@@ -190,6 +261,7 @@ export async function runSaeExperiment(
   o: RunSaeOptions,
 ): Promise<SaeRunResult | undefined> {
   const { runDir, log } = o;
+  await checkWeights(config);
   const { model, tokenizer, valLoss } = await loadModel(config.modelKind ?? "toy", config.modelDir);
   try {
     const split = await loadDataset(
@@ -203,6 +275,7 @@ export async function runSaeExperiment(
     const passSequences = sequencesPerPass(model.config);
     try {
       await Deno.mkdir(runDir, { recursive: true });
+      await repairTornTail(`${runDir}/train_log.jsonl`, log);
       const fingerprint = modelFingerprint(await model.parameterValues());
       const data = await trainingActivations(model, split, positions.hooks, {
         cacheRoot: o.cacheRoot,
@@ -265,8 +338,9 @@ export async function runSaeExperiment(
       if (trained.interrupted) return undefined;
 
       const evalSequences = config.evalSequences || Math.floor(split.val.length / nCtx) - 1;
-      let metrics = await readJson<SaeEvaluation>(`${runDir}/metrics.json`);
+      let metrics = await readJson<SaeEvaluation>(`${runDir}/metrics.json`, log);
       if (metrics === undefined) {
+        if (o.signal?.aborted) return undefined;
         log("evaluating SAEs on validation data");
         metrics = await evaluateSaes({
           model,
@@ -279,9 +353,11 @@ export async function runSaeExperiment(
         await writeJson(`${runDir}/metrics.json`, metrics);
       }
 
-      const pairs: PairResult[] = (await readJson<PairResult[]>(`${runDir}/scalar.json`)) ?? [];
+      const pairs: PairResult[] = (await readJson<PairResult[]>(`${runDir}/scalar.json`, log)) ??
+        [];
       if (config.scalar.enabled) {
         for (const pair of positions.pairs.slice(pairs.length)) {
+          if (o.signal?.aborted) return undefined;
           log(`SCALAR ${pair.up} → ${pair.down}: attribution`);
           const attribution = await attributePair({
             model,
@@ -340,7 +416,7 @@ export async function runSaeExperiment(
         }
       }
       return {
-        trainLog: await readTrainLog(`${runDir}/train_log.jsonl`),
+        trainLog: await readTrainLog(`${runDir}/train_log.jsonl`, log),
         training: {
           steps: trained.step,
           seconds: trained.seconds,

@@ -35,7 +35,7 @@ export const DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024 ** 3;
 /** Default interval between progress lines while filling, in milliseconds. */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 5000;
 
-/** A tmp folder of another process whose newest file is older than this is abandoned. */
+/** Where no `/proc` tells whether a process lives: a tmp folder untouched this long is abandoned. */
 const STALE_TMP_MS = 10 * 60 * 1000;
 
 const META_FILE = "meta.json";
@@ -294,8 +294,8 @@ export async function openActivationCache(
  * exists under `root`. Before filling it logs one line with the size on disk and whether the
  * cache will be held in memory, then a progress line every few seconds.
  *
- * A stale `<id>.tmp-*` folder (this process's, or another's untouched for 10 minutes) is
- * removed; a fresher one of another process is left alone and filled beside.
+ * A stale `<id>.tmp-*` folder (this process's, or one whose process is gone) is removed; one of a
+ * live process is left alone and filled beside.
  *
  * @param o The model, tokens, window length, hooks, cache root and key, and fill settings.
  * @returns The opened cache.
@@ -561,23 +561,76 @@ async function openExisting(
   return cache;
 }
 
+/**
+ * Whether the process that writes a `<id>.tmp-<pid>` folder is gone: its PID runs no process (on
+ * Linux, where `/proc` tells), or, where that cannot be known, the folder is untouched for
+ * {@link STALE_TMP_MS}.
+ */
+async function fillAbandoned(path: string, pid: number): Promise<boolean> {
+  if (pid === Deno.pid) return true;
+  const proc = await Deno.stat("/proc/self").then(() => true, () => false);
+  if (proc) return !(await Deno.stat(`/proc/${pid}`).then(() => true, () => false));
+  return Date.now() - await newestMtime(path) > STALE_TMP_MS;
+}
+
 /** Removes this process's leftover tmp folder and other processes' abandoned ones. */
 async function removeStaleTmp(root: string, id: string, log: (line: string) => void) {
-  const own = `${id}.tmp-${Deno.pid}`;
   for await (const entry of Deno.readDir(root)) {
     if (!entry.isDirectory || !entry.name.startsWith(`${id}.tmp-`)) continue;
     const path = join(root, entry.name);
-    const age = Date.now() - await newestMtime(path);
-    if (entry.name === own || age > STALE_TMP_MS) {
+    if (await fillAbandoned(path, Number(entry.name.slice(id.length + 5)))) {
       log(`activation cache: removing unfinished fill ${path}`);
       await Deno.remove(path, { recursive: true }).catch(() => {});
     } else {
+      const age = Date.now() - await newestMtime(path);
       log(
         `activation cache: ${path} was written ${formatDuration(age / 1000)} ago (another ` +
           `process filling the same cache?); filling separately`,
       );
     }
   }
+}
+
+/**
+ * Removes the unfinished fills of killed processes under a cache root (`<id>.tmp-<pid>` folders
+ * whose process is gone): a fill killed midway can leave gigabytes behind. A runner calls this as
+ * it starts; fills of live processes are left alone.
+ *
+ * @param root The folder the caches live in (missing: nothing to do).
+ * @param log Told of every folder removed.
+ * @returns The folders removed.
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { removeAbandonedFills } from "./activation_cache.ts";
+ * const root = await Deno.makeTempDir();
+ * // PID 2^22 + 1 is above Linux's largest, so no process has it.
+ * await Deno.mkdir(`${root}/abc.tmp-4194305`);
+ * await Deno.mkdir(`${root}/abc.tmp-${Deno.pid}`); // this process's: a fill at work
+ * deepEqual(await removeAbandonedFills(root, () => {}), [`${root}/abc.tmp-4194305`]);
+ * await Deno.remove(root, { recursive: true });
+ * ```
+ */
+export async function removeAbandonedFills(
+  root: string,
+  log: (line: string) => void,
+): Promise<string[]> {
+  const removed: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(root)) {
+      const pid = /\.tmp-(\d+)$/.exec(entry.name)?.[1];
+      const path = join(root, entry.name);
+      if (!entry.isDirectory || pid === undefined || Number(pid) === Deno.pid) continue;
+      if (!(await fillAbandoned(path, Number(pid)))) continue;
+      log(`activation cache: removing the unfinished fill of a stopped process, ${path}`);
+      await Deno.remove(path, { recursive: true });
+      removed.push(path);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return removed;
 }
 
 /** The newest modification time of a folder and the files in it, in ms since the epoch. */

@@ -11,18 +11,60 @@
  * @module
  */
 import { dirname } from "node:path";
-import { type DuckDBConnection, DuckDBInstance } from "@duckdb/node-api";
+import { type DuckDBConnection, DuckDBInstance, VARCHAR } from "@duckdb/node-api";
 
 /** Thrown for every store problem that a user can act on: the message is the whole story. */
 export class StoreError extends Error {
   override name = "StoreError";
 }
 
+/** One step of a migration: a SQL statement, or work SQL cannot express (run in its transaction). */
+export type MigrationStep = string | ((connection: DuckDBConnection) => Promise<void>);
+
 /**
- * The schema, one entry per version: entry i holds the statements that take a database from
- * version i to version i + 1. Entries are frozen once released; a change appends an entry.
+ * The spelling of config keys in the store: snake_case, as the manifest writes them, so that
+ * `config->>'$.scalar.ig_steps'` finds what the manifest's `scalar.ig_steps` set.
+ *
+ * @param value A config as the program holds it (camelCase keys at any depth).
+ * @returns The same data with every object key in snake_case.
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { snakeCaseKeys } from "./db.ts";
+ * deepEqual(snakeCaseKeys({ scalar: { igSteps: 5 }, layers: [1] }), {
+ *   scalar: { ig_steps: 5 },
+ *   layers: [1],
+ * });
+ * ```
  */
-export const MIGRATIONS: readonly (readonly string[])[] = Object.freeze([
+export function snakeCaseKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(snakeCaseKeys);
+  if (value === null || typeof value !== "object") return value;
+  return Object.fromEntries(
+    Object.entries(value).map((
+      [k, v],
+    ) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), snakeCaseKeys(v)]),
+  );
+}
+
+/** Rewrites every stored `runs.config` with snake_case keys (configs were camelCase up to v1). */
+async function snakeCaseConfigs(connection: DuckDBConnection): Promise<void> {
+  const rows = (await connection.runAndReadAll("select id, config from runs")).getRowsJS();
+  for (const [id, config] of rows) {
+    await connection.run(
+      "update runs set config = $1 where id = $2",
+      [JSON.stringify(snakeCaseKeys(JSON.parse(String(config)))), String(id)],
+      [VARCHAR, VARCHAR],
+    );
+  }
+}
+
+/**
+ * The schema, one entry per version: entry i holds the steps that take a database from version i
+ * to version i + 1. Entries are frozen once released; a change appends an entry.
+ */
+export const MIGRATIONS: readonly (readonly MigrationStep[])[] = Object.freeze([
   [
     `create table runs (
       id varchar primary key,
@@ -93,6 +135,22 @@ export const MIGRATIONS: readonly (readonly string[])[] = Object.freeze([
       primary key (run_id, step, sae)
     )`,
   ],
+  // v2: runs are claimed by one process, experiments refer to runs, configs are snake_case.
+  [
+    "alter table runs add column owner_host varchar",
+    "alter table runs add column owner_pid integer",
+    "alter table runs add column owner_started_at timestamptz",
+    "alter table runs add column heartbeat_at timestamptz",
+    `create table experiment_runs (
+      experiment varchar not null,
+      run_id varchar not null,
+      manifest_path varchar,
+      varied json,
+      primary key (experiment, run_id)
+    )`,
+    `insert into experiment_runs select experiment, id, manifest_path, varied from runs`,
+    snakeCaseConfigs,
+  ],
 ]);
 
 /** The schema version this program writes and reads: the number of {@link MIGRATIONS}. */
@@ -115,21 +173,37 @@ export const TABLE_DOCS: Readonly<Record<string, TableDoc>> = Object.freeze({
   runs: {
     doc: "One row per run of an experiment's grid (one configuration and seed).",
     columns: {
-      id: "Hash of the fully resolved config: the same config always gets the same id.",
-      experiment: "The manifest's `name`.",
-      manifest_path: "The manifest file the run came from, as given on the command line.",
-      config: "The fully resolved run config (JSON), e.g. `config->>'$.sae.arch'`.",
+      id: "Hash of what the run computes: the resolved config, the sha256 of the model's " +
+        "weights and of the data (no paths), so the same work always gets the same id.",
+      experiment: "The `name` of the manifest that first ran it (`experiment_runs` lists every " +
+        "experiment a run belongs to).",
+      manifest_path: "The manifest file the run first came from, as given on the command line.",
+      config: "The fully resolved run config (JSON, snake_case keys as in the manifest), e.g. " +
+        "`config->>'$.sae.arch'`, `config->>'$.scalar.ig_steps'`.",
       varied: "The matrix parameters of this run as a JSON object {dotted path: value}; the same " +
         "values in long form are in `run_params`.",
       seed: "The run's seed (SAE initialisation and every random choice of the run).",
-      status: "`done`, `failed` (see `error`), or `running` (started; a `running` row whose " +
-        "process is gone is an interrupted run, pending again).",
+      status: "`done`, `failed` (see `error`), or `running` (started and not finished; with " +
+        "no owner, or an owner that is gone, an interrupted run: pending again).",
       error: "The error message of a failed run, else NULL.",
       backend: "The TensorFlow.js backend that ran it (`tensorflow`, `webgpu`, `cpu`…).",
       versions: "Versions of the software that ran it (JSON {name: version}).",
       started_at: "When the run started.",
       finished_at: "When it finished or failed (NULL while running).",
       wall_seconds: "Wall-clock seconds the run took (all stages).",
+      owner_host: "The host of the process working on the run now (NULL when none is).",
+      owner_pid: "That process's PID.",
+      owner_started_at: "When that process started (tells a live owner from a reused PID).",
+      heartbeat_at: "When the owner last said it is alive (it does every minute).",
+    },
+  },
+  experiment_runs: {
+    doc: "Which runs make up each experiment's grid: one run can serve several manifests.",
+    columns: {
+      experiment: "The manifest's `name`.",
+      run_id: "The run (`runs.id`).",
+      manifest_path: "The manifest file, as given on the command line.",
+      varied: "The matrix parameters of this run in this experiment (JSON {dotted path: value}).",
     },
   },
   run_params: {
@@ -251,13 +325,23 @@ export interface OpenStoreOptions {
    */
   readOnly?: boolean;
   /**
-   * How long to keep retrying while another process holds the file's lock (a writer finishing a
-   * run's write), in milliseconds. @default 5000
+   * Sandbox the connection for SQL a user wrote: no file reads or writes but the database itself,
+   * no ATTACH, INSTALL, LOAD or EXPORT, and the configuration locked so SQL cannot undo that.
+   * @default false
+   */
+  sandboxed?: boolean;
+  /**
+   * How long to keep retrying while another process holds the file's lock, in milliseconds: a
+   * reader waits for a writer's short write; a writer with a finished run's result waits long.
+   * @default 5000
    */
   lockWaitMs?: number;
+  /** Told once, when the file is held by another process and the wait begins. */
+  onWait?: (message: string) => void;
 }
 
-const LOCK_RETRY_MS = 100;
+/** The first and the longest pause between attempts to take a held file. */
+const LOCK_RETRY_MS = [100, 5000] as const;
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -269,30 +353,111 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Opens the DuckDB instance, retrying while another process holds the file's lock. */
-async function openInstance(
-  path: string,
-  readOnly: boolean,
-  lockWaitMs: number,
-): Promise<DuckDBInstance> {
+/** The process DuckDB names as holding a file's lock, as "PID n (its command line)". */
+async function describeHolder(message: string): Promise<string> {
+  const pid = /\(PID (\d+)\)/.exec(message)?.[1];
+  if (pid === undefined) return "another process";
+  const command = await Deno.readTextFile(`/proc/${pid}/cmdline`).then(
+    // File names without their folders: short enough to read, still saying what runs.
+    (text) => text.split("\0").filter(Boolean).map((a) => a.replace(/^.*\//, "")).join(" "),
+    () => "",
+  );
+  const short = command.length > 100 ? `${command.slice(0, 97)}...` : command;
+  return `process ${pid}${short ? ` (${short})` : ""}`;
+}
+
+/**
+ * A DuckDB failure as a {@link StoreError} naming the file and what to do, for the failures a user
+ * meets (a damaged file, a full disk); anything else is returned as it is.
+ *
+ * @param path The database file.
+ * @param e What DuckDB threw.
+ * @returns The error to throw.
+ *
+ * @example
+ * ```ts
+ * import { match } from "node:assert/strict";
+ * import { storeFailure } from "./db.ts";
+ * const e = storeFailure("r.duckdb", new Error('IO Error: Could not read enough bytes from file'));
+ * match(e.message, /^Cannot read results database "r.duckdb": it is damaged/);
+ * ```
+ */
+export function storeFailure(path: string, e: unknown): Error {
+  if (e instanceof StoreError || !(e instanceof Error)) return e as Error;
+  const first = e.message.split("\n")[0];
+  if (DISK_FULL.test(e.message)) {
+    return new StoreError(
+      `Cannot write results database "${path}": the disk is full (${first}); nothing was ` +
+        `changed in it. Free some space and run the same command again`,
+    );
+  }
+  if (DAMAGED.test(e.message)) {
+    return new StoreError(
+      `Cannot read results database "${path}": it is damaged (${first}); ${REPAIR}`,
+    );
+  }
+  return e;
+}
+
+/** DuckDB's words for a full disk. */
+const DISK_FULL = /No space left on device|disk is full|Disk quota/i;
+
+/** DuckDB's words for a file that is not (or no longer) a whole database. */
+const DAMAGED = /^(IO|Serialization|Corrupt\w*|FATAL|INTERNAL) Error|not a valid DuckDB|checksum/i;
+
+/** What to do about a damaged results database. */
+const REPAIR = "move it aside (or restore a backup) and run the grid again: the runs' folders " +
+  "in results/runs are imported again, nothing is recomputed";
+
+/** Opens the DuckDB instance, retrying with backoff while another process holds the file's lock. */
+async function openInstance(path: string, options: OpenStoreOptions): Promise<DuckDBInstance> {
+  const config: Record<string, string> = options.readOnly ? { access_mode: "READ_ONLY" } : {};
+  if (options.sandboxed) {
+    Object.assign(config, {
+      enable_external_access: "false",
+      autoinstall_known_extensions: "false",
+      autoload_known_extensions: "false",
+      lock_configuration: "true",
+    });
+  }
+  const lockWaitMs = options.lockWaitMs ?? 5000;
   const deadline = Date.now() + lockWaitMs;
+  let pause: number = LOCK_RETRY_MS[0];
+  let told = false;
   for (;;) {
     try {
-      return await DuckDBInstance.create(path, readOnly ? { access_mode: "READ_ONLY" } : {});
+      return await DuckDBInstance.create(path, config);
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       if (!message.includes("Could not set lock")) {
-        throw new StoreError(`Cannot open results database "${path}": ${message}`);
-      }
-      if (Date.now() >= deadline) {
-        const pid = /\(PID (\d+)\)/.exec(message)?.[1];
+        const advice = DISK_FULL.test(message)
+          ? "; free some space and try again"
+          : DAMAGED.test(message)
+          ? `; ${REPAIR}`
+          : "";
         throw new StoreError(
-          `Cannot open results database "${path}": another process` +
-            `${pid === undefined ? "" : ` (PID ${pid})`} has it open for writing ` +
-            `(a running \`deno task run\`?); try again when it has finished`,
+          `Cannot open results database "${path}": ${message.split("\n")[0]}${advice}`,
         );
       }
-      await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS));
+      const holder = await describeHolder(message);
+      if (Date.now() >= deadline) {
+        throw new StoreError(
+          `Cannot open results database "${path}": ${holder} has held it for more than ` +
+            `${
+              lockWaitMs < 10_000 ? (lockWaitMs / 1000).toFixed(1) : Math.round(lockWaitMs / 1000)
+            } ` +
+            `s; try again when it has finished (or end it)`,
+        );
+      }
+      if (!told) {
+        told = true;
+        options.onWait?.(
+          `results database "${path}" is held by ${holder}; waiting for it (up to ` +
+            `${Math.round(lockWaitMs / 60_000)} min)`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(pause, deadline - Date.now())));
+      pause = Math.min(pause * 2, LOCK_RETRY_MS[1]);
     }
   }
 }
@@ -356,7 +521,10 @@ async function migrate(connection: DuckDBConnection, path: string): Promise<void
   }
   for (let v = version; v < SCHEMA_VERSION; v++) {
     await inTransaction(connection, async () => {
-      for (const statement of MIGRATIONS[v]!) await connection.run(statement);
+      for (const step of MIGRATIONS[v]!) {
+        if (typeof step === "string") await connection.run(step);
+        else await step(connection);
+      }
       await connection.run("insert into schema_version (version) values ($1)", [v + 1]);
     });
   }
@@ -387,8 +555,9 @@ async function migrate(connection: DuckDBConnection, path: string): Promise<void
 export async function openStore(path: string, options: OpenStoreOptions = {}): Promise<Store> {
   const readOnly = options.readOnly ?? false;
   const memory = path === ":memory:";
+  const existed = memory || await exists(path);
   if (!memory) {
-    if (readOnly && !(await exists(path))) {
+    if (readOnly && !existed) {
       throw new StoreError(
         `Cannot open results database "${path}": it does not exist (run an experiment first, ` +
           `or name another file with --db)`,
@@ -396,9 +565,10 @@ export async function openStore(path: string, options: OpenStoreOptions = {}): P
     }
     if (!readOnly) await Deno.mkdir(dirname(path), { recursive: true });
   }
-  const instance = await openInstance(path, readOnly, options.lockWaitMs ?? 5000);
+  let instance: DuckDBInstance | undefined;
   let connection: DuckDBConnection | undefined;
   try {
+    instance = await openInstance(path, options);
     connection = await instance.connect();
     if (readOnly) {
       const version = await schemaVersion(connection);
@@ -413,10 +583,16 @@ export async function openStore(path: string, options: OpenStoreOptions = {}): P
     }
   } catch (e) {
     connection?.closeSync();
-    instance.closeSync();
-    throw e;
+    instance?.closeSync();
+    // A database this call began to create and could not finish is removed: an empty or partial
+    // file would only block the next command.
+    if (!existed) {
+      for (const file of [`${path}.wal`, path]) await Deno.remove(file).catch(() => {});
+    }
+    throw storeFailure(path, e);
   }
   const conn = connection;
+  const inst = instance;
   let open = true;
   return {
     path,
@@ -426,7 +602,40 @@ export async function openStore(path: string, options: OpenStoreOptions = {}): P
       if (!open) return;
       open = false;
       conn.closeSync();
-      instance.closeSync();
+      inst.closeSync();
     },
   };
+}
+
+/**
+ * Opens the store, does one piece of work and closes it, turning a damaged file or a full disk
+ * into one {@link StoreError} that names the file (DuckDB lets one writer hold a file at a time,
+ * so writers hold it only this long).
+ *
+ * @param path The database file.
+ * @param options As {@link openStore} takes.
+ * @param work What to do with the open store.
+ * @returns What `work` returns.
+ * @throws {StoreError} As {@link openStore} does, and for a damaged file or a full disk.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { schemaVersion, SCHEMA_VERSION, withStore } from "./db.ts";
+ * equal(await withStore(":memory:", {}, (s) => schemaVersion(s.connection)), SCHEMA_VERSION);
+ * ```
+ */
+export async function withStore<T>(
+  path: string,
+  options: OpenStoreOptions,
+  work: (store: Store) => Promise<T>,
+): Promise<T> {
+  const store = await openStore(path, options);
+  try {
+    return await work(store);
+  } catch (e) {
+    throw storeFailure(path, e);
+  } finally {
+    store.close();
+  }
 }

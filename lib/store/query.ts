@@ -133,7 +133,8 @@ function shortSql(sql: string): string {
 }
 
 /**
- * Runs SQL against the results database opened read-only, and returns its result.
+ * Runs SQL against the results database opened read-only and sandboxed (no file access, ATTACH,
+ * INSTALL, LOAD or EXPORT; settings locked), and returns its result.
  *
  * @param dbPath The database file.
  * @param sql One or more statements; the last one's result is returned.
@@ -142,7 +143,7 @@ function shortSql(sql: string): string {
  * (its message, without a stack: e.g. `Cannot run query "selec 1": Parser Error: …`).
  */
 export async function runQuery(dbPath: string, sql: string): Promise<QueryResult> {
-  const store = await openStore(dbPath, { readOnly: true });
+  const store = await openStore(dbPath, { readOnly: true, sandboxed: true });
   try {
     let reader: DuckDBResultReader;
     try {
@@ -151,6 +152,10 @@ export async function runQuery(dbPath: string, sql: string): Promise<QueryResult
       const message = e instanceof Error ? e.message : String(e);
       const why = /read-only mode/.test(message)
         ? `queries are read-only, and this one writes (${message})`
+        : /disabled by configuration|configuration has been locked|Permission Error/.test(message)
+        ? "queries read the results database only: file reads and writes (COPY ... TO, " +
+          "read_csv, read_text, glob...), ATTACH, INSTALL, LOAD, EXPORT and changing settings " +
+          `are off (${message.split("\n")[0]})`
         : message;
       throw new StoreError(`Cannot run query "${shortSql(sql)}": ${why}`);
     }

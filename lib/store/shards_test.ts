@@ -1,7 +1,8 @@
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { openStore, type Store, StoreError } from "./db.ts";
 import { listShards, mergeShards, shardDir, type ShardOutcome, shardPath } from "./shards.ts";
-import { markRunning, RUN_TABLES, storeRun } from "./write.ts";
+import { RUN_TABLES, storeRun } from "./write.ts";
+import { claimRun, currentOwner } from "./claims.ts";
 import { fakeResult, fakeRun, tempDb } from "./testdata/fixtures.ts";
 
 const HOLD = new URL("./testdata/hold_shard.ts", import.meta.url).pathname;
@@ -104,7 +105,7 @@ Deno.test("an incomplete shard is left alone and its run stays out of the databa
     // Started (marked running), or opened and nothing written yet.
     const running = shardPath(db.path, "run-r");
     const shard = await openStore(running);
-    await markRunning(shard, fakeRun({ id: "run-r" }));
+    await claimRun(shard, fakeRun({ id: "run-r" }), await currentOwner());
     shard.close();
     const empty = shardPath(db.path, "run-e");
     (await openStore(empty)).close();

@@ -11,10 +11,12 @@ import {
   type DuckDBType,
   type DuckDBValue,
   INTEGER,
+  LIST,
+  listValue,
   VARCHAR,
 } from "@duckdb/node-api";
 import type { SaeRunResult } from "../experiment/sae_run.ts";
-import { inTransaction, type Store, StoreError } from "./db.ts";
+import { inTransaction, snakeCaseKeys, type Store, StoreError } from "./db.ts";
 
 /** The tables that hold a run's rows, in the order {@link storeRun} writes them. */
 export const RUN_TABLES = [
@@ -31,13 +33,13 @@ export type RunTable = typeof RUN_TABLES[number];
 
 /** What identifies and describes a run (everything of the `runs` row except its outcome). */
 export interface RunRecord {
-  /** The run id: a hash of the fully resolved config. */
+  /** The run id: a hash of what the run computes (config, weights, data). */
   id: string;
   /** The manifest's `name`. */
   experiment: string;
   /** The manifest file, as given. */
   manifestPath: string;
-  /** The fully resolved config (stored as JSON). */
+  /** The fully resolved config (stored as JSON with snake_case keys). */
   config: unknown;
   /** The run's matrix parameters, by dotted path (stored as JSON and in `run_params`). */
   varied: Readonly<Record<string, unknown>>;
@@ -289,7 +291,7 @@ function checkWritable(store: Store, run: RunRecord, action: string): void {
 }
 
 /** Deletes every row of a run, in every table. */
-async function deleteRun(store: Store, id: string): Promise<void> {
+export async function deleteRun(store: Store, id: string): Promise<void> {
   for (const table of RUN_TABLES) {
     await store.connection.run(
       `delete from ${table} where ${table === "runs" ? "id" : "run_id"} = $1`,
@@ -299,25 +301,92 @@ async function deleteRun(store: Store, id: string): Promise<void> {
   }
 }
 
+/**
+ * Records that a run belongs to an experiment's grid (`experiment_runs`), with the values its
+ * matrix gave it there; one run can belong to several experiments.
+ *
+ * @param store A store open for writing.
+ * @param run The run, with the experiment it is linked to.
+ */
+export async function linkExperiment(
+  store: Store,
+  run: Pick<RunRecord, "id" | "experiment" | "manifestPath" | "varied">,
+): Promise<void> {
+  await store.connection.run(
+    `insert or replace into experiment_runs (experiment, run_id, manifest_path, varied)
+     values ($1, $2, $3, $4)`,
+    [run.experiment, run.id, run.manifestPath, JSON.stringify(run.varied)],
+    [VARCHAR, VARCHAR, VARCHAR, VARCHAR],
+  );
+}
+
+/**
+ * Makes an experiment's links (`experiment_runs`) its grid as it is now: links every run of the
+ * grid and unlinks runs it no longer has (weights replaced, a matrix changed), whose rows stay
+ * in `runs` for SQL but leave the experiment's report. One transaction.
+ *
+ * @param store A store open for writing.
+ * @param experiment The experiment.
+ * @param runs Every run of its grid, with its manifest path and matrix values.
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { linkGrid } from "./write.ts";
+ * const store = await openStore(":memory:");
+ * const run = (id: string) => ({ id, manifestPath: "a.yaml", varied: {} });
+ * await linkGrid(store, "a", [run("r1"), run("r2")]);
+ * await linkGrid(store, "a", [run("r2"), run("r3")]);
+ * const sql = "select run_id from experiment_runs order by 1";
+ * deepEqual((await store.connection.runAndReadAll(sql)).getRowsJS(), [["r2"], ["r3"]]);
+ * store.close();
+ * ```
+ */
+export async function linkGrid(
+  store: Store,
+  experiment: string,
+  runs: readonly Pick<RunRecord, "id" | "manifestPath" | "varied">[],
+): Promise<void> {
+  await inTransaction(store.connection, async () => {
+    await store.connection.run(
+      "delete from experiment_runs where experiment = $1 and not list_contains($2, run_id)",
+      [experiment, listValue(runs.map((r) => r.id))],
+      [VARCHAR, LIST(VARCHAR)],
+    );
+    for (const run of runs) await linkExperiment(store, { ...run, experiment });
+  });
+}
+
+/** The owner columns of a `runs` row: who works on the run now (all null: nobody). */
+export interface OwnerColumns {
+  host: string;
+  pid: number;
+  startedAt: Date;
+}
+
 /** Inserts the `runs` row and the `run_params` rows of a run. */
-async function insertRunRow(
+export async function insertRunRow(
   store: Store,
   run: RunRecord,
   status: "done" | "failed" | "running",
   error: string | null,
   finishedAt: Date | null,
   wallSeconds: number | null,
+  owner: OwnerColumns | null = null,
 ): Promise<void> {
   await store.connection.run(
     `insert into runs (id, experiment, manifest_path, config, varied, seed, status, error, backend,
-      versions, started_at, finished_at, wall_seconds)
+      versions, started_at, finished_at, wall_seconds, owner_host, owner_pid, owner_started_at,
+      heartbeat_at)
      values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, cast($11 as timestamptz),
-      cast($12 as timestamptz), $13)`,
+      cast($12 as timestamptz), $13, $14, $15, cast($16 as timestamptz),
+      if($14 is null, null, current_timestamp))`,
     [
       run.id,
       run.experiment,
       run.manifestPath,
-      JSON.stringify(run.config),
+      JSON.stringify(snakeCaseKeys(run.config)),
       JSON.stringify(run.varied),
       run.seed,
       status,
@@ -327,6 +396,9 @@ async function insertRunRow(
       run.startedAt.toISOString(),
       finishedAt?.toISOString() ?? null,
       wallSeconds,
+      owner?.host ?? null,
+      owner?.pid ?? null,
+      owner?.startedAt.toISOString() ?? null,
     ],
     [
       VARCHAR,
@@ -342,8 +414,23 @@ async function insertRunRow(
       VARCHAR,
       VARCHAR,
       DOUBLE,
+      VARCHAR,
+      INTEGER,
+      VARCHAR,
     ],
   );
+  await insertRows(store, paramRows(run));
+  await linkExperiment(store, run);
+}
+
+/** The `run_params` rows of a run. */
+function paramRows(run: RunRecord): Rows {
+  return {
+    table: "run_params",
+    columns: ["run_id", "path", "value"],
+    types: [VARCHAR, VARCHAR, VARCHAR],
+    rows: Object.entries(run.varied).map(([path, value]) => [run.id, path, paramText(value)]),
+  };
 }
 
 /**
@@ -391,15 +478,9 @@ export async function storeRun(
   const failed = "error" in outcome;
   // Built before the transaction opens: malformed results fail here, with nothing begun.
   const results = failed ? [] : resultRows(run.id, outcome);
-  const params: Rows = {
-    table: "run_params",
-    columns: ["run_id", "path", "value"],
-    types: [VARCHAR, VARCHAR, VARCHAR],
-    rows: Object.entries(run.varied).map(([path, value]) => [run.id, path, paramText(value)]),
-  };
   const counts: RowCounts = {
     runs: 1,
-    run_params: params.rows.length,
+    run_params: Object.keys(run.varied).length,
     metrics: 0,
     scalar_curves: 0,
     scalar_scores: 0,
@@ -417,35 +498,13 @@ export async function storeRun(
       run.wallSeconds,
     );
     await options.afterInsert?.("runs");
-    for (const r of [params, ...results]) {
+    await options.afterInsert?.("run_params");
+    for (const r of results) {
       await insertRows(store, r);
       await options.afterInsert?.(r.table);
     }
   });
   return counts;
-}
-
-/**
- * Records that a run has started: replaces any earlier rows of its id by a `runs` row with status
- * `running` (and its `run_params`), in one transaction. A run whose process dies keeps this row;
- * the runner treats a `running` row it did not start itself as interrupted, i.e. pending.
- *
- * @param store A store open for writing.
- * @param run The run (its `wallSeconds` and `finishedAt` are not stored).
- * @throws {StoreError} If the store is read-only or the record lacks an id or integer seed.
- */
-export async function markRunning(store: Store, run: RunRecord): Promise<void> {
-  checkWritable(store, run, "mark running");
-  await inTransaction(store.connection, async () => {
-    await deleteRun(store, run.id);
-    await insertRunRow(store, run, "running", null, null, null);
-    await insertRows(store, {
-      table: "run_params",
-      columns: ["run_id", "path", "value"],
-      types: [VARCHAR, VARCHAR, VARCHAR],
-      rows: Object.entries(run.varied).map(([path, value]) => [run.id, path, paramText(value)]),
-    });
-  });
 }
 
 /** A run's recorded state, as {@link runStatuses} returns it. */
@@ -454,27 +513,61 @@ export interface RunStatus {
   status: "done" | "failed" | "running";
   /** The error of a failed run. */
   error: string | null;
+  /** The process working on it now, if any (it may be gone: see `claims.ts`). */
+  owner: (OwnerColumns & { heartbeatAt: Date }) | null;
 }
 
 /**
- * The recorded state of every run of an experiment (runs absent from the map are pending).
+ * The recorded state of some runs, whichever experiment ran them (runs absent from the map are
+ * pending).
  *
  * @param store An open store.
- * @param experiment The experiment's name.
- * @returns Run id → status and error.
+ * @param ids The runs.
+ * @returns Run id → status, error and owner.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { runStatuses, storeRun } from "./write.ts";
+ * const store = await openStore(":memory:");
+ * const run = {
+ *   id: "r1", experiment: "a", manifestPath: "a.yaml", config: {}, varied: {}, seed: 0,
+ *   backend: "cpu", versions: {}, startedAt: new Date(), wallSeconds: 1,
+ * };
+ * await storeRun(store, run, { error: "diverged" });
+ * equal((await runStatuses(store, ["r1", "r2"])).get("r1")?.status, "failed");
+ * store.close();
+ * ```
  */
 export async function runStatuses(
   store: Store,
-  experiment: string,
+  ids: readonly string[],
 ): Promise<Map<string, RunStatus>> {
   const reader = await store.connection.runAndReadAll(
-    "select id, status, error from runs where experiment = $1 order by id",
-    [experiment],
-    [VARCHAR],
+    `select id, status, error, owner_host, owner_pid, owner_started_at, heartbeat_at from runs
+     where list_contains($1, id) order by id`,
+    [listValue([...ids])],
+    [LIST(VARCHAR)],
   );
   return new Map(
-    reader.getRowsJS().map((
-      [id, status, error],
-    ) => [id as string, { status: status as RunStatus["status"], error: error as string | null }]),
+    reader.getRowsJS().map(([id, status, error, host, pid, started, heartbeat]) => [
+      id as string,
+      {
+        status: status as RunStatus["status"],
+        error: error as string | null,
+        owner: host === null ? null : {
+          host: host as string,
+          pid: Number(pid),
+          startedAt: timestamp(started),
+          heartbeatAt: timestamp(heartbeat),
+        },
+      },
+    ]),
   );
+}
+
+/** A DuckDB timestamp value (a `DuckDBTimestampTZValue` in JS form) as a Date. */
+function timestamp(value: unknown): Date {
+  return value instanceof Date ? value : new Date(String(value));
 }

@@ -1,6 +1,7 @@
 import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { openStore, type Store, StoreError } from "./db.ts";
-import { markRunning, pairName, RUN_TABLES, runStatuses, storeRun } from "./write.ts";
+import { pairName, RUN_TABLES, runStatuses, storeRun } from "./write.ts";
+import { claimRun, currentOwner } from "./claims.ts";
 import { fakeResult, fakeRun, mlpHooks, tempDb } from "./testdata/fixtures.ts";
 
 /** Rows of each run table that belong to `id`. */
@@ -42,7 +43,7 @@ Deno.test("storeRun() round trip: every table holds what the result said", async
     deepEqual(r, {
       experiment: "demo",
       manifest_path: "experiments/demo.yaml",
-      config: JSON.stringify(run.config),
+      config: JSON.stringify(run.config), // its keys are snake_case already
       varied: JSON.stringify(run.varied),
       seed: 0,
       status: "done",
@@ -162,8 +163,12 @@ Deno.test("storeRun() of the same id replaces its rows; a failure keeps no resul
       train_log: 0,
     });
     deepEqual(
-      await runStatuses(store, "demo"),
-      new Map([[run.id, { status: "failed", error: "Cannot train: loss diverged at step 3" }]]),
+      await runStatuses(store, [run.id]),
+      new Map([[run.id, {
+        status: "failed",
+        error: "Cannot train: loss diverged at step 3",
+        owner: null,
+      }]]),
     );
   } finally {
     store.close();
@@ -248,7 +253,8 @@ Deno.test("storeRun() killed inside its transaction leaves nothing of that run; 
         openStore(db.path, { lockWaitMs: 200 }),
         (e) =>
           e instanceof StoreError &&
-          /another process \(PID \d+\) has it open for writing/.test(e.message),
+          /: process \d+ \(deno run .* kill_child\.ts scalar\.duckdb\) has held it for more than 0\.2 s; try again/
+            .test(e.message),
       );
     } finally {
       child.kill("SIGKILL");
@@ -274,11 +280,12 @@ Deno.test("storeRun() killed inside its transaction leaves nothing of that run; 
   }
 });
 
-Deno.test("markRunning() records a started run; runStatuses() lists every state", async () => {
+Deno.test("a claimed run is running with its owner; runStatuses() finds runs of any experiment", async () => {
   const store = await openStore(":memory:");
   try {
-    await storeRun(store, fakeRun({ id: "a" }), fakeResult());
-    await markRunning(store, fakeRun({ id: "a" }));
+    const me = await currentOwner();
+    await storeRun(store, fakeRun({ id: "a" }), { error: "boom" });
+    await claimRun(store, fakeRun({ id: "a" }), me);
     deepEqual(await rowCounts(store, "a"), {
       runs: 1,
       run_params: 1,
@@ -288,16 +295,14 @@ Deno.test("markRunning() records a started run; runStatuses() lists every state"
       train_log: 0,
     });
     await storeRun(store, fakeRun({ id: "b", seed: 1 }), { error: "boom" });
-    await storeRun(store, fakeRun({ id: "c", seed: 2 }), fakeResult());
     await storeRun(store, fakeRun({ id: "d", experiment: "other" }), fakeResult());
-    deepEqual(
-      await runStatuses(store, "demo"),
-      new Map([
-        ["a", { status: "running", error: null }],
-        ["b", { status: "failed", error: "boom" }],
-        ["c", { status: "done", error: null }],
-      ]),
-    );
+    const statuses = await runStatuses(store, ["a", "b", "d", "e"]);
+    deepEqual([...statuses.keys()], ["a", "b", "d"]);
+    deepEqual(statuses.get("b"), { status: "failed", error: "boom", owner: null });
+    deepEqual(statuses.get("d"), { status: "done", error: null, owner: null });
+    const a = statuses.get("a")!;
+    equal(a.status, "running");
+    deepEqual({ ...a.owner, heartbeatAt: undefined }, { ...me, heartbeatAt: undefined });
     const [r] = await rows(store, "select finished_at, wall_seconds from runs where id = 'a'");
     deepEqual(r, { finished_at: null, wall_seconds: null });
   } finally {

@@ -7,14 +7,15 @@
  * @module
  */
 import { openStore } from "../db.ts";
-import { markRunning, storeRun } from "../write.ts";
+import { storeRun } from "../write.ts";
+import { claimRun, currentOwner } from "../claims.ts";
 import { fakeResult, fakeRun } from "./fixtures.ts";
 
 const [path, id, state] = Deno.args;
 const store = await openStore(path!);
 const run = fakeRun({ id });
 if (state === "done") await storeRun(store, run, fakeResult());
-else await markRunning(store, run);
+else await claimRun(store, run, await currentOwner());
 console.log("ready");
 // Kept alive by the interval until the parent kills the process.
 setInterval(() => {}, 1000);
