@@ -8,6 +8,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { createRequire } from "node:module";
+import { openAttentionKernels } from "./attention_kernel.ts";
 import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
@@ -127,8 +128,8 @@ export async function useStockBackend(name: CpuKernelBackend): Promise<boolean> 
 /**
  * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
  * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes,
- * gathers and scatter-adds, splits, fused GELU, the SAE TopK selection, and (wasm) tape copies
- * that share memory.
+ * gathers and scatter-adds, splits, fused GELU, the SAE TopK selection, fused causal attention
+ * (native, when a C compiler builds it), and (wasm) tape copies that share memory.
  */
 async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
   if (!(await useStockBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
@@ -138,10 +139,17 @@ async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?:
   registerGeluKernels(name);
   registerSplitKernel(name);
   if (name === "wasm") registerSharedIdentity();
+  // Without a C compiler the model still runs, with attention in stock ops; the line says why.
+  const attention = await openAttentionKernels(name);
+  const fused = "error" in attention
+    ? `, attention in stock ops (${attention.error})`
+    : ", fused native attention";
   const blas = openBlas();
-  if ("error" in blas) return { ok: true, detail: `${name} (stock matmul)`, blas: blas.error };
+  if ("error" in blas) {
+    return { ok: true, detail: `${name} (stock matmul${fused})`, blas: blas.error };
+  }
   registerBlasKernels(blas, name);
-  return { ok: true, detail: `${name} + OpenBLAS (${blas.path})` };
+  return { ok: true, detail: `${name} + OpenBLAS (${blas.path}${fused})` };
 }
 
 /**

@@ -10,6 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL } from "../backend/attention_kernel.ts";
 import { GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from "../backend/gelu_kernel.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 
@@ -230,7 +231,6 @@ export class GPT {
   /** Parameters by Hugging Face GPT-2 name. */
   readonly params: Map<string, tf.Variable>;
   readonly #order: Map<string, number>;
-  readonly #causalMask: tf.Tensor2D;
 
   /**
    * Wraps parameter values in variables.
@@ -261,10 +261,6 @@ export class GPT {
       this.params.set(name, tf.variable(tf.tensor(data, shape), trainable));
     }
     this.#order = new Map([...hookNames(config), LOGITS].map((n, i) => [n, i]));
-    // Additive mask: -1e9 rather than -Infinity keeps softmax's gradient free of NaNs.
-    this.#causalMask = tf.tidy(() =>
-      tf.sub(1, tf.linalg.bandPart(tf.ones([config.nCtx, config.nCtx]), -1, 0)).mul(-1e9)
-    ) as tf.Tensor2D;
   }
 
   /**
@@ -281,7 +277,6 @@ export class GPT {
   /** Frees the model's tensors. */
   dispose(): void {
     for (const v of this.params.values()) v.dispose();
-    this.#causalMask.dispose();
   }
 
   /**
@@ -411,19 +406,77 @@ export class GPT {
   #attention(x: tf.Tensor, h: string): tf.Tensor {
     const { nHead: H, dModel: D } = this.config;
     const [B, T] = x.shape as [number, number, number];
-    const S = D / H;
     const p = (name: string) => this.params.get(`${h}.attn.${name}`)!;
     const qkv = tf.matMul(x.reshape([B * T, D]), p("c_attn.weight")).add(p("c_attn.bias"));
-    // (B·T, 3D) → three (B, H, T, S)
-    const heads = tf.split(qkv, 3, 1).map((m) => m.reshape([B, T, H, S]).transpose([0, 2, 1, 3]));
-    const [q, k, v] = heads as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
-    const mask = T === this.config.nCtx ? this.#causalMask : this.#causalMask.slice([0, 0], [T, T]);
-    // Scaling q (B·H·T·S values) rather than the scores (B·H·T·T) is the same product, cheaper.
-    const scores = tf.matMul(q.mul(1 / Math.sqrt(S)), k, false, true).add(mask); // (B, H, T, T)
-    const y = tf.matMul(tf.softmax(scores), v); // (B, H, T, S)
-    const merged = y.transpose([0, 2, 1, 3]).reshape([B * T, D]);
+    const merged = causalAttention(qkv as tf.Tensor2D, T, H);
     return tf.matMul(merged, p("c_proj.weight")).add(p("c_proj.bias")).reshape([B, T, D]);
   }
+}
+
+/**
+ * Causal multi-head self-attention from the c_attn output: softmax(q·kᵀ/√S + causal mask)·v per
+ * sequence and head, the heads merged back. Runs as one fused kernel each way where the backend
+ * has it (`lib/backend/attention_kernel.ts`), else as stock ops (the reference the kernel is
+ * tested against).
+ *
+ * @param qkv `[B·T, 3·D]`: q, k and v side by side, head h at columns h·S … h·S + S − 1 of each.
+ * @param T Positions per sequence.
+ * @param H Heads.
+ * @returns The attention output `[B·T, D]`, heads merged (head h at columns h·S …).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { causalAttention } from "./gpt.ts";
+ * // One head, S = 1: position 0 attends only to itself, so its output is its own value.
+ * const qkv = tf.tensor2d([[1, 2, 3], [4, 5, 6]]); // [B·T = 2, 3·D = 3]
+ * const y = await causalAttention(qkv, 2, 1).data();
+ * if (y[0] !== 3) throw new Error(`${y[0]}`);
+ * ```
+ */
+export function causalAttention(qkv: tf.Tensor2D, T: number, H: number): tf.Tensor2D {
+  const attrs = { heads: H, positions: T };
+  const backend = tf.getBackend();
+  if (
+    qkv.dtype !== "float32" || !tf.getKernel(ATTENTION_KERNEL, backend) ||
+    !tf.getKernel(ATTENTION_GRAD_KERNEL, backend)
+  ) {
+    return attentionReference(qkv, T, H);
+  }
+  // Saved for the gradient: qkv, the output and each query's log-sum-exp ([B, H, T]); the
+  // backward recomputes the probabilities instead of keeping B·H·T·T of them.
+  const fused = tf.customGrad((input, save) => {
+    const [y, lse] = tf.engine().runKernel(
+      ATTENTION_KERNEL,
+      { qkv: input as tf.Tensor },
+      attrs as unknown as tf.NamedAttrMap,
+    ) as tf.Tensor[];
+    (save as tf.GradSaveFunc)([input as tf.Tensor, y!, lse!]);
+    return {
+      value: y!,
+      gradFunc: (dy, saved) =>
+        tf.engine().runKernel(
+          ATTENTION_GRAD_KERNEL,
+          { qkv: saved[0]!, y: saved[1]!, lse: saved[2]!, dy: dy as tf.Tensor },
+          attrs as unknown as tf.NamedAttrMap,
+        ) as tf.Tensor,
+    };
+  });
+  return fused(qkv) as tf.Tensor2D;
+}
+
+/** {@link causalAttention} in stock ops: per (sequence, head) products, additive mask, softmax. */
+function attentionReference(qkv: tf.Tensor2D, T: number, H: number): tf.Tensor2D {
+  const D = qkv.shape[1] / 3, S = D / H, B = qkv.shape[0] / T;
+  // (B·T, 3D) → three (B, H, T, S)
+  const heads = tf.split(qkv, 3, 1).map((m) => m.reshape([B, T, H, S]).transpose([0, 2, 1, 3]));
+  const [q, k, v] = heads as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+  // Additive mask: -1e9 rather than -Infinity keeps softmax's gradient free of NaNs.
+  const mask = tf.sub(1, tf.linalg.bandPart(tf.ones([T, T]), -1, 0)).mul(-1e9);
+  // Scaling q (B·H·T·S values) rather than the scores (B·H·T·T) is the same product, cheaper.
+  const scores = tf.matMul(q.mul(1 / Math.sqrt(S)), k, false, true).add(mask); // (B, H, T, T)
+  const y = tf.matMul(tf.softmax(scores), v); // (B, H, T, S)
+  return y.transpose([0, 2, 1, 3]).reshape([B * T, D]);
 }
 
 /**
