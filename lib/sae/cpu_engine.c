@@ -13,6 +13,9 @@
  * in block order). So any thread count gives the same bits.
  */
 #include <math.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +25,24 @@
 #define FEATURE_BLOCK 16
 /* Elements per block of the optimizer's loops (and per partial sum of squares). */
 #define ELEMENT_BLOCK 4096
+/* The most candidates a row's TopK ranks at once (select_ranked). */
+#define CANDIDATES 64
+
+/* Lanes of the dot products: sums run over LANES independent partials (which the compiler keeps
+ * in vector registers) added in a fixed order, instead of one serial chain it may not reorder. */
+#define LANES 16
+
+/* Σ_i a[i]·b[i], over LANES partial sums added in lane order. */
+static inline float dot(const float *a, const float *b, int32_t n) {
+  float part[LANES] = {0};
+  int32_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int32_t q = 0; q < LANES; q++) part[q] += a[i + q] * b[i + q];
+  for (int32_t q = 0; i + q < n; q++) part[q] += a[i + q] * b[i + q];
+  float total = 0.0f;
+  for (int32_t q = 0; q < LANES; q++) total += part[q];
+  return total;
+}
 
 /* Threads for the OpenMP loops (the OpenBLAS products have their own). */
 void sae_set_threads(int32_t threads) { omp_set_num_threads(threads); }
@@ -32,58 +53,174 @@ void sae_center(const float *x, const float *b_dec, int32_t n, int32_t d, float 
     for (int32_t i = 0; i < d; i++) xc[r * d + i] = x[r * d + i] - b_dec[i];
 }
 
+/* LANES floats or int32s: GCC/Clang vector types, so the selection's scans run in vector registers
+ * on any target (one AVX-512 register, two AVX2 ones, …). */
+typedef float vfloat __attribute__((vector_size(4 * LANES)));
+typedef int32_t vint __attribute__((vector_size(4 * LANES)));
+
+static inline float relu_sum(float a, float b) { return a + b > 0.0f ? a + b : 0.0f; }
+
+/* ReLU(p + b) of LANES features at once (a comparison gives all-ones lanes, a mask keeps them). */
+static inline vfloat relu_lanes(const float *p, const float *b) {
+  vfloat x, y;
+  memcpy(&x, p, sizeof x);
+  memcpy(&y, b, sizeof y);
+  vfloat v = x + y;
+  return (vfloat)((vint)v & (v > (vfloat){0}));
+}
+
+/* The lanes of a comparison's result (all ones where true) as bits, lane q at bit q. */
+static inline uint32_t lane_bits(vint m) {
+#if defined(__AVX512F__)
+  __m512i x;
+  memcpy(&x, &m, sizeof x);
+  return _mm512_test_epi32_mask(x, x);
+#elif defined(__AVX__)
+  __m256 lo, hi;
+  memcpy(&lo, &m, sizeof lo);
+  memcpy(&hi, (const char *)&m + sizeof lo, sizeof hi);
+  return (uint32_t)_mm256_movemask_ps(lo) | (uint32_t)_mm256_movemask_ps(hi) << 8;
+#else
+  uint32_t bits = 0;
+  for (int32_t q = 0; q < LANES; q++) bits |= (uint32_t)(m[q] & 1) << q;
+  return bits;
+#endif
+}
+
+static inline vfloat splat(float t) { return (vfloat){0} + t; }
+
 /*
- * TopK of ReLU(pre + b_enc) per row: the k largest values, ties to the lower feature, written
- * in ascending feature order as (index, value) — zero values included when fewer than k are
- * positive. The best k so far are kept sorted (value descending, index ascending); a value
- * enters only if it beats the smallest kept one strictly, so a later equal feature never
- * displaces an earlier one.
+ * A value the k-th largest of ReLU(p + b) is at least: the k-th largest of the LANES lane maxima
+ * (the maxima of features q, q + LANES, q + 2·LANES, …), which are LANES distinct entries of the
+ * row. −1 (no bound) when k > LANES or the row is shorter than LANES.
+ */
+static float select_bound(const float *p, const float *b, int32_t width, int32_t k) {
+  if (k > LANES || width < LANES) return -1.0f;
+  vfloat lane = relu_lanes(p, b);
+  for (int32_t j = LANES; j + LANES <= width; j += LANES) {
+    vfloat v = relu_lanes(p + j, b + j);
+    vint above = v > lane;
+    lane = (vfloat)(((vint)v & above) | ((vint)lane & ~above));
+  }
+  /* The k-th largest: the lane maximum with fewer than k above it and at least k at or above. */
+  float bound = 0.0f;
+  for (int32_t q = 0; q < LANES; q++) {
+    int32_t greater = __builtin_popcount(lane_bits(lane > splat(lane[q])));
+    int32_t notless = __builtin_popcount(lane_bits(lane >= splat(lane[q])));
+    if (greater < k && notless >= k) bound = lane[q];
+  }
+  return bound;
+}
+
+/*
+ * The fast path of select_row: collects the candidates (values at or above the bound, in feature
+ * order; at most CANDIDATES) and keeps those ranked below k, where a candidate's rank counts the
+ * larger candidates and the equal ones at lower features — the order TopK keeps them in. Ranks
+ * are counted LANES candidates at a time, without branches. Returns 0 (nothing written) when
+ * there are more candidates (many ties at the bound).
+ */
+static int32_t select_ranked(const float *p, const float *b, int32_t width, int32_t k,
+                             float bound, int32_t *bi, float *bv) {
+  float cv[CANDIDATES + LANES];
+  int32_t ci[CANDIDATES], n = 0;
+  for (int32_t j0 = 0; j0 < width; j0 += LANES) {
+    uint32_t bits = 0;
+    if (j0 + LANES <= width) bits = lane_bits(relu_lanes(p + j0, b + j0) >= splat(bound));
+    else
+      for (int32_t q = 0; j0 + q < width; q++)
+        bits |= (uint32_t)(relu_sum(p[j0 + q], b[j0 + q]) >= bound) << q;
+    for (; bits != 0; bits &= bits - 1, n++) {
+      if (n == CANDIDATES) return 0;
+      ci[n] = j0 + __builtin_ctz(bits);
+      cv[n] = relu_sum(p[ci[n]], b[ci[n]]);
+    }
+  }
+  /* −1 pads the last group of LANES: never larger than, nor equal to, a ReLU value. */
+  for (int32_t q = 0; q < LANES; q++) cv[n + q] = -1.0f;
+  int32_t kept = 0;
+  for (int32_t c = 0; c < n; c++) {
+    int32_t rank = 0;
+    for (int32_t g = 0; g < n; g += LANES) {
+      vfloat v;
+      memcpy(&v, cv + g, sizeof v);
+      uint32_t before = c - g >= LANES ? ~0u : c <= g ? 0u : (1u << (c - g)) - 1u;
+      rank += __builtin_popcount(lane_bits(v > splat(cv[c])));
+      rank += __builtin_popcount(lane_bits(v == splat(cv[c])) & before);
+    }
+    /* Written every time, kept (the slot advanced) only below rank k: bi, bv have k + 1 slots. */
+    bi[kept] = ci[c];
+    bv[kept] = cv[c];
+    kept += rank < k;
+  }
+  return 1;
+}
+
+/*
+ * The general path of select_row: features in order, the best k so far kept sorted (value
+ * descending, index ascending); a value enters only if it beats the smallest kept one strictly,
+ * so a later equal feature never displaces an earlier one. Then sorted by feature.
+ */
+static void select_inserting(const float *p, const float *b, int32_t width, int32_t k,
+                             int32_t *bi, float *bv) {
+  float floor = -1.0f;
+  int32_t count = 0;
+  for (int32_t j = 0; j < width; j++) {
+    float v = relu_sum(p[j], b[j]);
+    if (count == k && !(v > floor)) continue;
+    int32_t at = count < k ? count++ : k - 1;
+    for (; at > 0 && bv[at - 1] < v; at--) {
+      bv[at] = bv[at - 1];
+      bi[at] = bi[at - 1];
+    }
+    bv[at] = v;
+    bi[at] = j;
+    if (count == k) floor = bv[k - 1];
+  }
+  for (int32_t s = 1; s < k; s++) {
+    int32_t j = bi[s], at = s;
+    float v = bv[s];
+    for (; at > 0 && bi[at - 1] > j; at--) {
+      bi[at] = bi[at - 1];
+      bv[at] = bv[at - 1];
+    }
+    bi[at] = j;
+    bv[at] = v;
+  }
+}
+
+/*
+ * One row's TopK of ReLU(p + b): the k largest values, ties to the lower feature, into bi / bv
+ * (k + 1 slots) in ascending feature order.
+ */
+static void select_row(const float *p, const float *b, int32_t width, int32_t k, int32_t *bi,
+                       float *bv) {
+  float bound = select_bound(p, b, width, k);
+  if (bound < 0.0f || !select_ranked(p, b, width, k, bound, bi, bv))
+    select_inserting(p, b, width, k, bi, bv);
+}
+
+/*
+ * TopK of ReLU(pre + b_enc) per row (select_row), written as (index, value) pairs in ascending
+ * feature order — zero values included when fewer than k are positive.
  */
 void sae_select(const float *pre, int32_t n, int32_t width, const float *b_enc, int32_t k,
                 int32_t block_rows, int32_t *idx, float *val) {
   int32_t blocks = (n + block_rows - 1) / block_rows;
 #pragma omp parallel
   {
-    float *bv = malloc(sizeof(float) * k);
-    int32_t *bi = malloc(sizeof(int32_t) * k);
+    int32_t *bi = malloc(sizeof(int32_t) * (k + 1));
+    float *bv = malloc(sizeof(float) * (k + 1));
 #pragma omp for schedule(dynamic, 1)
     for (int32_t b = 0; b < blocks; b++) {
       int32_t end = (b + 1) * block_rows < n ? (b + 1) * block_rows : n;
       for (int64_t r = (int64_t)b * block_rows; r < end; r++) {
-        const float *p = pre + r * width;
-        int32_t count = 0;
-        float floor = -1.0f;
-        for (int32_t j = 0; j < width; j++) {
-          float v = p[j] + b_enc[j];
-          v = v > 0.0f ? v : 0.0f;
-          if (count == k && !(v > floor)) continue;
-          int32_t at = count < k ? count++ : k - 1;
-          while (at > 0 && bv[at - 1] < v) {
-            bv[at] = bv[at - 1];
-            bi[at] = bi[at - 1];
-            at--;
-          }
-          bv[at] = v;
-          bi[at] = j;
-          if (count == k) floor = bv[k - 1];
-        }
-        /* Ascending feature order (k is small: insertion sort). */
-        for (int32_t s = 1; s < k; s++) {
-          int32_t j = bi[s], at = s;
-          float v = bv[s];
-          for (; at > 0 && bi[at - 1] > j; at--) {
-            bi[at] = bi[at - 1];
-            bv[at] = bv[at - 1];
-          }
-          bi[at] = j;
-          bv[at] = v;
-        }
+        select_row(pre + r * width, b_enc, width, k, bi, bv);
         memcpy(idx + r * k, bi, sizeof(int32_t) * k);
         memcpy(val + r * k, bv, sizeof(float) * k);
       }
     }
-    free(bv);
     free(bi);
+    free(bv);
   }
 }
 
@@ -99,7 +236,10 @@ void sae_decode(const float *x, const float *w_dec, const float *b_dec, const in
                 const float *val, int32_t n, int32_t d, int32_t k, float scale,
                 int32_t block_rows, float *dxhat, float *dpre, float *sums, float *cols) {
   int32_t blocks = (n + block_rows - 1) / block_rows;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel
+  {
+    float *e = malloc(sizeof(float) * d);
+#pragma omp for schedule(dynamic, 1)
   for (int32_t b = 0; b < blocks; b++) {
     int32_t end = (b + 1) * block_rows < n ? (b + 1) * block_rows : n;
     float *col = cols + (int64_t)b * d;
@@ -116,16 +256,15 @@ void sae_decode(const float *x, const float *w_dec, const float *b_dec, const in
         for (int32_t i = 0; i < d; i++) g[i] += v * w[i];
       }
       for (int32_t i = 0; i < d; i++) {
-        float e = (g[i] + b_dec[i]) - x[r * d + i];
-        g[i] = e * scale;
+        e[i] = (g[i] + b_dec[i]) - x[r * d + i];
+        g[i] = e[i] * scale;
         col[i] += g[i];
-        sq += e * e;
       }
+      sq += dot(e, e, d);
       for (int32_t s = 0; s < k; s++) {
         float acc = 0.0f;
         if (vs[s] > 0.0f) {
-          const float *w = w_dec + (int64_t)ids[s] * d;
-          for (int32_t i = 0; i < d; i++) acc += g[i] * w[i];
+          acc = dot(g, w_dec + (int64_t)ids[s] * d, d);
           positives += 1.0f;
         }
         dpre[r * k + s] = acc;
@@ -133,6 +272,8 @@ void sae_decode(const float *x, const float *w_dec, const float *b_dec, const in
     }
     sums[2 * b] = sq;
     sums[2 * b + 1] = positives;
+  }
+    free(e);
   }
 }
 
@@ -198,10 +339,9 @@ void sae_add_transposed(const float *enc_t, int32_t d, int32_t from, int32_t wid
 void sae_bdec_grad(const float *cols, int32_t blocks, int32_t d, const float *w_enc, int32_t ld,
                    int32_t width, const float *g_benc, float *g_bdec) {
   for (int64_t i = 0; i < d; i++) {
-    float decoded = 0.0f, encoded = 0.0f;
+    float decoded = 0.0f;
     for (int64_t b = 0; b < blocks; b++) decoded += cols[b * d + i];
-    for (int32_t j = 0; j < width; j++) encoded += w_enc[i * ld + j] * g_benc[j];
-    g_bdec[i] += decoded - encoded;
+    g_bdec[i] += decoded - dot(w_enc + i * ld, g_benc, width);
   }
 }
 
@@ -212,8 +352,13 @@ double sae_sum_squares(const float *g, int64_t length) {
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; b++) {
     int64_t end = (b + 1) * ELEMENT_BLOCK < length ? (b + 1) * ELEMENT_BLOCK : length;
+    double part[LANES] = {0};
+    int64_t i = b * ELEMENT_BLOCK;
+    for (; i + LANES <= end; i += LANES)
+      for (int32_t q = 0; q < LANES; q++) part[q] += (double)g[i + q] * g[i + q];
+    for (int32_t q = 0; i + q < end; q++) part[q] += (double)g[i + q] * g[i + q];
     double s = 0.0;
-    for (int64_t i = b * ELEMENT_BLOCK; i < end; i++) s += (double)g[i] * g[i];
+    for (int32_t q = 0; q < LANES; q++) s += part[q];
     partial[b] = s;
   }
   double total = 0.0;
@@ -294,8 +439,7 @@ void jsae_forward(const int32_t *k1, const int32_t *k2, const float *a, const fl
         for (int32_t j = 0; j < k; j++) {
           const float *br = bt + (int64_t)k2[t * k + j] * m;
           for (int32_t i = 0; i < k; i++) {
-            float acc = 0.0f;
-            for (int32_t q = 0; q < m; q++) acc += br[q] * ag[i * m + q];
+            float acc = dot(br, ag + i * m, m);
             dj[(t * k + j) * k + i] = acc > 0.0f ? scale : acc < 0.0f ? -scale : 0.0f;
             size += fabsf(acc);
           }

@@ -26,6 +26,8 @@ interface Case {
   m?: number;
   /** Makes every feature's pre-activation equal to another's (ties for the selection). */
   ties?: boolean;
+  /** Added to every b_enc: a negative one leaves fewer than k positive (zeros kept, all tied). */
+  shift?: number;
 }
 
 const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8 };
@@ -59,10 +61,11 @@ function assertClose(
 
 // Random values for every parameter (biases too, which start at zero) so every term is exercised;
 // with `ties`, each odd feature copies the even one before it, so their pre-activations are equal.
-function randomize(saes: SaeSet, seed: number, ties = false): void {
+function randomize(saes: SaeSet, seed: number, ties = false, shift = 0): void {
   const rng = createRng(seed);
   for (const [name, v] of saes.params) {
     const values = normalArray(rng, v.size, 0.3);
+    if (name.endsWith("b_enc")) values.forEach((x, i) => (values[i] = x + shift));
     if (ties && /W_enc|b_enc/.test(name)) {
       const cols = v.shape.at(-1)!;
       for (let i = 0; i < v.size; i++) if (i % cols % 2 === 1) values[i] = values[i - 1]!;
@@ -74,8 +77,8 @@ function randomize(saes: SaeSet, seed: number, ties = false): void {
 function prepare(c: Case) {
   const layout = layoutPosition(c.position, c.nLayer);
   const [ours, theirs] = [buildSaes(c.sae, layout, c.d, 5), buildSaes(c.sae, layout, c.d, 5)];
-  randomize(ours, 6, c.ties);
-  randomize(theirs, 6, c.ties);
+  randomize(ours, 6, c.ties, c.shift);
+  randomize(theirs, 6, c.ties, c.shift);
   const batches = LR.map((_, s) =>
     new Map(layout.hooks.map((h, i) => [h, normalArray(createRng(100 * s + i), c.rows * c.d, 1)]))
   );
@@ -165,6 +168,16 @@ const cases: Case[] = [
     rows: 90,
     gradClip: 1,
     ties: true,
+  },
+  {
+    name: "topk, fewer than k positive in many rows (zeros kept, tied)",
+    sae: topk(150, 12),
+    position: "mlp",
+    nLayer: 1,
+    d: 10,
+    rows: 80,
+    gradClip: 1,
+    shift: -2.5,
   },
   {
     name: "staircase chain of three (block)",
