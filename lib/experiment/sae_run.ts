@@ -15,9 +15,9 @@ import {
   modelFingerprint,
 } from "../sae/activation_cache.ts";
 import { streamActivations } from "../sae/activation_stream.ts";
-import { jacobianLoss } from "../sae/jacobian.ts";
 import { evaluateSaes, type SaeEvaluation } from "../sae/metrics.ts";
 import { layoutPosition, type Position } from "../sae/positions.ts";
+import type { StepperKind } from "../sae/stepper.ts";
 import { type ActivationSource, type SaeTrainConfig, trainSaes } from "../sae/train.ts";
 import { ablationCurve } from "../scalar/ablation.ts";
 import { activeLatentCounts, pairDiagnostics } from "../scalar/diagnostics.ts";
@@ -131,6 +131,8 @@ export interface SaeRunResult {
     seconds: number;
     tokensPerSecond: number;
     losses: Record<string, number>;
+    /** The stepper that trained the SAEs (`lib/sae/stepper.ts`); unknown for older runs. */
+    stepper?: StepperKind;
   };
   /** Metrics on validation data. */
   metrics: SaeEvaluation;
@@ -294,23 +296,8 @@ export async function runSaeExperiment(
         seqLen: nCtx,
         d,
         data,
-        jacobian: config.sae.arch === "jsae"
-          ? {
-            pairs: positions.pairs,
-            loss: (pair, x, f) =>
-              jacobianLoss(
-                saes.weights(pair.up),
-                saes.weights(pair.down),
-                mlp(pair.layer),
-                x.get(pair.up)!,
-                f.get(pair.up)!,
-                f.get(pair.down)!,
-                saes.k,
-              ),
-            // The GPU engine computes the same term from the MLP's weights.
-            mlp: (pair) => mlp(pair.layer),
-          }
-          : undefined,
+        // For an architecture with a pair loss (JSAE's Jacobian term across the MLP).
+        mlps: { pairs: positions.pairs, mlp: (pair) => mlp(pair.layer) },
         outDir: `${runDir}/saes`,
         // Appended as training goes, so a resumed run keeps the log of its earlier part.
         onReport: (step, entries) =>
@@ -422,6 +409,7 @@ export async function runSaeExperiment(
           seconds: trained.seconds,
           tokensPerSecond: trained.tokensPerSecond,
           losses: trained.losses,
+          stepper: trained.stepper,
         },
         metrics,
         pairs,

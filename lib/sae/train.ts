@@ -2,23 +2,23 @@
  * Trains all SAEs of a run together on cached clean activations of the frozen model (SPEC §4): one
  * batch of tokens per step, every SAE reconstructs its own hook, the losses (plus λ·L_J per JSAE
  * pair) are summed for one backward pass, then global-norm clipping and AdamW over all parameters.
- * Seeded, resumable, with progress and divergence detection. On the `webgpu` backend the step runs
- * in the GPU engine instead (`lib/sae/gpu/sae_engine.ts`: the same numbers from fused WGSL kernels).
+ * Seeded, resumable, with progress and divergence detection. The steps themselves are a stepper's
+ * (`stepper.ts`: the tfjs reference, the CPU engine or the WebGPU engine, the same numbers from
+ * each); this module feeds it batches, schedules the learning rate and writes checkpoints.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { chooseSaeEngine } from "./gpu/sae_training.ts";
 import { saveCheckpoint } from "../model/checkpoint.ts";
-import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
 import { runState } from "../optim/resume.ts";
 import { warmupCosine } from "../optim/schedule.ts";
 import { type LoopResult, runTrainingLoop } from "../optim/training_loop.ts";
-import type { SaeConfig, SaeSet } from "./architectures.ts";
+import { architecture, type SaeConfig, type SaeSet } from "./architectures.ts";
 import type { MlpWeights } from "./jacobian.ts";
 import type { SaePair } from "./positions.ts";
-import { decode, encode, reconstructionLoss } from "./sae.ts";
 import { restoreParams } from "./sae_checkpoint.ts";
+import type { StepperKind, StepperOptions } from "./stepper.ts";
+import { chooseStepper } from "./steppers/choose.ts";
 
 /** SAE training settings; defaults are the paper's toy schedule. */
 export interface SaeTrainConfig {
@@ -78,16 +78,6 @@ export interface ActivationSource {
   batch(hooks: readonly string[], start: number, count: number): Promise<Map<string, Float32Array>>;
 }
 
-/**
- * The extra loss of JSAE pairs (`jacobian.ts`), given every hook's input activations `x` and its
- * SAE's feature activations `f` for this batch.
- */
-export type PairLoss = (
-  pair: SaePair,
-  x: ReadonlyMap<string, tf.Tensor2D>,
-  f: ReadonlyMap<string, tf.Tensor2D>,
-) => tf.Scalar;
-
 /** Inputs of {@link trainSaes}. */
 export interface TrainSaesOptions {
   /** The SAEs (freshly built; a resumed run overwrites their parameters). */
@@ -103,11 +93,12 @@ export interface TrainSaesOptions {
   /** Training activations. */
   data: ActivationSource;
   /**
-   * JSAE: the pairs and their Jacobian loss (weighted by `sae.jsaeLambda` here), and the MLP
-   * between each pair: with it the GPU engine computes the term itself on the `webgpu` backend;
-   * without it JSAE steps run through tfjs there.
+   * The adjacent pairs and the frozen MLP between each: an architecture with a pair loss (JSAE's
+   * Jacobian term) needs them, the others ignore them.
    */
-  jacobian?: { pairs: readonly SaePair[]; loss: PairLoss; mlp?: (pair: SaePair) => MlpWeights };
+  mlps?: { pairs: readonly SaePair[]; mlp: (pair: SaePair) => MlpWeights };
+  /** The stepper to train with (else `SCALAR_SAE_STEPPER`, else the backend's default). */
+  stepper?: StepperKind;
   /** Checkpoint folder. */
   outDir: string;
   /** Saved beside the SAEs (model checkpoint, position, cache key…). */
@@ -124,6 +115,11 @@ export interface TrainSaesOptions {
 export interface SaeTrainResult extends LoopResult {
   /** Final training loss per SAE (hook → mean squared error summed over d), at the last report. */
   losses: Record<string, number>;
+  /**
+   * The stepper that took the steps (of the last invocation, for a resumed run; a run finished
+   * before steppers were recorded: undefined).
+   */
+  stepper?: StepperKind;
 }
 
 /**
@@ -143,47 +139,45 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   if (run.kind === "finished") {
     log(`"${outDir}" already holds the trained SAEs; nothing to do`);
     restoreParams(saes.params, run.checkpoint.params, outDir);
-    const losses = (run.checkpoint.config as { losses?: Record<string, number> }).losses ?? {};
-    return { step: cfg.steps, interrupted: false, seconds: 0, tokensPerSecond: NaN, losses };
+    const saved = run.checkpoint.config as {
+      losses?: Record<string, number>;
+      stepper?: StepperKind;
+    };
+    return {
+      step: cfg.steps,
+      interrupted: false,
+      seconds: 0,
+      tokensPerSecond: NaN,
+      losses: saved.losses ?? {},
+      stepper: saved.stepper,
+    };
   }
-  const optimizer = new AdamW(saes.params, {
-    beta1: cfg.beta1,
-    beta2: cfg.beta2,
-    weightDecay: cfg.weightDecay,
-  });
   let start = 0, cursor = 0;
   if (run.kind === "resume") {
     restoreParams(saes.params, run.checkpoint.params, outDir);
     ({ step: start, cursor } = run.checkpoint.state.json as { step: number; cursor: number });
-    optimizer.load({ step: start, tensors: new Map(Object.entries(run.checkpoint.state.tensors)) });
     log(`resuming "${outDir}" at step ${start}`);
   }
   const rows = cfg.batch * o.seqLen;
   if (o.data.tokens < rows) {
     throw new RangeError(`Cannot train SAEs on ${o.data.tokens} tokens: one batch needs ${rows}`);
   }
-  // On the webgpu backend the engine runs the whole step in fused kernels (JSAE only when it
-  // has the MLPs to compute the Jacobian term with).
-  const mlp = o.jacobian?.mlp;
-  const { engine, line } = o.jacobian === undefined || mlp !== undefined
-    ? await chooseSaeEngine({
-      saes,
-      sae: o.sae,
-      train: cfg,
-      seqLen: o.seqLen,
-      resume: run.kind === "resume" ? await optimizer.state() : undefined,
-      jacobian: o.jacobian && { pairs: o.jacobian.pairs, mlp: mlp!, lambda: o.sae.jsaeLambda },
-    })
-    : {};
-  if (line !== undefined) log(line);
+  const { stepper, kind, line } = await chooseStepper(stepperOptions(o), {
+    stepper: o.stepper,
+    resume: run.kind === "resume"
+      ? {
+        step: start,
+        tensors: new Map(Object.entries(run.checkpoint.state.tensors)),
+      }
+      : undefined,
+  });
+  log(line);
   // Consecutive batches through the training tokens, back to the start when the next would
   // overrun (as the reference's loader does).
   const nextStart = (at: number) => (at + 2 * rows > o.data.tokens ? 0 : at + rows);
   let pending = o.data.batch(hooks, cursor, rows);
-  const pairs = o.jacobian?.pairs ?? [];
+  const pairs = architecture(o.sae.arch).pairLoss === undefined ? [] : o.mlps!.pairs;
   const components = [...hooks, ...pairs.map((p) => `the Jacobian term of ${p.up} → ${p.down}`)];
-  const vars = [...saes.params.values()];
-  const names = [...saes.params.keys()];
   const losses: Record<string, number> = {};
   log(
     `training ${hooks.length} ${o.sae.arch} SAEs (${hooks.map((h) => saes.width(h)).join("/")} ` +
@@ -205,66 +199,8 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
       cursor = nextStart(cursor);
       // Read the next batch while this one trains.
       pending = o.data.batch(hooks, cursor, rows);
-      if (engine !== undefined) {
-        const figures = await engine.step(arrays, warmupCosine(cfg, step), willReport);
-        return tf.tensor1d(figures ?? new Float32Array(0));
-      }
-      const micro = (cfg.microBatch ?? cfg.batch) * o.seqLen;
-      let grads: tf.Tensor[] | undefined, figures: tf.Tensor | undefined;
-      for (let first = 0; first < rows; first += micro) {
-        const n = Math.min(micro, rows - first);
-        // Reconstruction losses are means over tokens, so each pass weighs in by its share of
-        // the batch; the Jacobian terms are sums over tokens and add up as they are.
-        const share = n / rows;
-        const pass = tf.tidy(() => {
-          const x = new Map(
-            hooks.map((
-              h,
-            ) => [
-              h,
-              tf.tensor2d(arrays.get(h)!.subarray(first * o.d, (first + n) * o.d), [n, o.d]),
-            ]),
-          );
-          const kept: tf.Tensor[] = [];
-          const { grads, value } = tf.variableGrads(() => {
-            const l0s: tf.Tensor[] = [];
-            const features = new Map<string, tf.Tensor2D>();
-            const terms = hooks.map((h) => {
-              const w = saes.weights(h);
-              const f = encode(w, x.get(h)!, saes.k);
-              features.set(h, f);
-              if (willReport) l0s.push(f.greater(0).sum(1).mean().cast("float32").reshape([1]));
-              const loss = reconstructionLoss(x.get(h)!, decode(w, f));
-              return share === 1 ? loss : loss.mul(share);
-            });
-            for (const p of pairs) {
-              terms.push(o.jacobian!.loss(p, x, features).mul(o.sae.jsaeLambda));
-            }
-            // The components (and L0s) leave the gradient scope kept; the objective is their sum.
-            const stacked = tf.stack(terms);
-            const l0 = l0s.length === 0
-              ? []
-              : [share === 1 ? tf.concat(l0s) : tf.concat(l0s).mul(share)];
-            kept.push(tf.keep(tf.concat([stacked, ...l0])));
-            return stacked.sum() as tf.Scalar;
-          }, vars);
-          value.dispose();
-          return { grads: vars.map((v) => grads[v.name]!), figures: kept[0]! };
-        });
-        if (grads === undefined) [grads, figures] = [pass.grads, pass.figures];
-        else {
-          const sums = tf.tidy(() => grads!.map((g, i) => g.add(pass.grads[i]!)));
-          const total = figures!.add(pass.figures);
-          tf.dispose([...grads, ...pass.grads, figures!, pass.figures]);
-          [grads, figures] = [sums, total];
-        }
-      }
-      tf.tidy(() => {
-        const named = new Map(names.map((n, i) => [n, grads![i]!]));
-        optimizer.update(clipGlobalNorm(named, cfg.gradClip).grads, warmupCosine(cfg, step));
-      });
-      tf.dispose(grads!);
-      return figures!;
+      const figures = await stepper.step(arrays, warmupCosine(cfg, step), willReport);
+      return tf.tensor1d(figures ?? new Float32Array(0));
     },
     report(step, values) {
       hooks.forEach((h, i) => (losses[h] = values[i]!));
@@ -278,7 +214,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
         `L0 ${l0} | lr ${warmupCosine(cfg, step - 1).toExponential(2)}`;
     },
     async save(step, finished) {
-      await engine?.writeBack();
+      await stepper.writeBack();
       const params = Object.fromEntries(
         await Promise.all(
           [...saes.params].map(async (
@@ -286,7 +222,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
           ) => [n, { shape: v.shape, data: (await v.data()) as Float32Array }]),
         ),
       );
-      const moments = await (engine ?? optimizer).state();
+      const moments = await stepper.state();
       await saveCheckpoint(outDir, {
         config: {
           format: "scalar-lab/saes",
@@ -296,6 +232,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
           ...o.provenance,
           step,
           losses,
+          stepper: kind,
         },
         params,
         state: finished ? undefined : {
@@ -307,8 +244,32 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
     signal: o.signal,
     log,
   });
-  await engine?.writeBack();
-  engine?.dispose();
-  optimizer.dispose();
-  return { ...result, losses };
+  await stepper.writeBack();
+  stepper.dispose();
+  return { ...result, losses, stepper: kind };
+}
+
+// What the stepper is built from: the batch sizes, AdamW and clipping settings, and the pair
+// loss's pairs, MLPs and weight when the architecture has one.
+function stepperOptions(o: TrainSaesOptions): StepperOptions {
+  const { train, sae } = o;
+  const pairLoss = architecture(sae.arch).pairLoss;
+  if (pairLoss !== undefined && o.mlps === undefined) {
+    throw new RangeError(
+      `Cannot train "${sae.arch}" SAEs without the MLP between each pair: pass trainSaes's "mlps"`,
+    );
+  }
+  const width = o.saes.params.get(`${o.saes.hooks[0]}/b_dec`)!.size;
+  if (width !== o.d) {
+    throw new RangeError(`Cannot train SAEs of width ${width} on activations of width ${o.d}`);
+  }
+  return {
+    saes: o.saes,
+    sae,
+    rows: train.batch * o.seqLen,
+    microRows: train.microBatch === undefined ? undefined : train.microBatch * o.seqLen,
+    adam: { beta1: train.beta1, beta2: train.beta2, eps: 1e-8, weightDecay: train.weightDecay },
+    gradClip: train.gradClip,
+    jacobian: pairLoss && { ...o.mlps!, lambda: pairLoss.weight(sae) },
+  };
 }

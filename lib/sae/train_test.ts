@@ -47,26 +47,6 @@ Deno.test("trainSaes() lowers every SAE's reconstruction loss", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("trainSaes() interrupted and resumed ends bit-exact with an uninterrupted run", async () => {
-  const dir = await Deno.makeTempDir();
-  const straight = options(`${dir}/a`);
-  await trainSaes(straight);
-  const abort = new AbortController();
-  const first = options(`${dir}/b`, {
-    signal: abort.signal,
-    log: (l) => l.startsWith("step 21/") && abort.abort(),
-  });
-  assert.equal((await trainSaes(first)).step, 22);
-  const second = options(`${dir}/b`);
-  assert.equal((await trainSaes(second)).step, 60);
-  const [a, b] = await Promise.all([`${dir}/a`, `${dir}/b`].map(loadCheckpoint));
-  for (const name of Object.keys(a!.params)) {
-    assert.deepEqual(b!.params[name]!.data, a!.params[name]!.data, name);
-  }
-  for (const o of [straight, first, second]) o.saes.dispose();
-  await Deno.remove(dir, { recursive: true });
-});
-
 Deno.test("trainSaes() fails with the step and the SAE named when a NaN enters training", async () => {
   const dir = await Deno.makeTempDir();
   const o = options(`${dir}/run`, {
@@ -87,6 +67,8 @@ Deno.test("trainSaes() with micro-batches takes the same steps as with the whole
     const lines: string[] = [];
     const o = options(`${dir}/${name}`, { log: (l) => lines.push(l) });
     o.train = { ...o.train, steps: 6, microBatch };
+    // The reference itself (the engines are held to it in steppers_test.ts).
+    o.stepper = "tfjs";
     await trainSaes(o);
     o.saes.dispose();
     return { ckpt: (await loadCheckpoint(`${dir}/${name}`))!, lines };

@@ -18,9 +18,9 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { AdamWState } from "../../optim/adamw.ts";
-import { architecture, type SaeConfig, type SaeSet } from "../architectures.ts";
+import { architecture } from "../architectures.ts";
 import type { MlpWeights } from "../jacobian.ts";
-import type { SaePair } from "../positions.ts";
+import type { StepperOptions } from "../stepper.ts";
 import {
   bindBuffers,
   dispatch,
@@ -33,13 +33,7 @@ import {
   uniformBuffer,
   writeArray,
 } from "./device.ts";
-import {
-  adamKernels,
-  type AdamSettings,
-  adamUniform,
-  type FigureSum,
-  SQUARES_PER_GROUP,
-} from "./kernels/adamw.ts";
+import { adamKernels, adamUniform, type FigureSum, SQUARES_PER_GROUP } from "./kernels/adamw.ts";
 import { biasGradKernel } from "./kernels/bias_grad.ts";
 import { encoderKernel } from "./kernels/encoder.ts";
 import { featureGradsKernel } from "./kernels/feature_grads.ts";
@@ -51,23 +45,8 @@ import { type MatmulShape, stridedMatmulKernel } from "./kernels/strided_matmul.
 import { topkSelectKernel } from "./kernels/topk_select.ts";
 import { layoutParams, type ParamLayout, type SaeView } from "../param_layout.ts";
 
-/** What the engine trains, and how. */
-export interface SaeEngineOptions {
-  /** The SAEs; their variables hold the starting parameters. */
-  saes: SaeSet;
-  /** Their settings. */
-  sae: SaeConfig;
-  /** Tokens per step. */
-  rows: number;
-  /** Tokens per forward/backward pass (gradients accumulate over a step's passes). @default rows */
-  microRows?: number;
-  /** AdamW's settings, and which parameters decay (undefined: all, as `AdamW` has it). */
-  adam: AdamSettings & { decays?: (name: string, shape: readonly number[]) => boolean };
-  /** Global gradient-norm limit. */
-  gradClip: number;
-  /** JSAE: the pairs, the MLP between each, and the weight λ of the Jacobian loss. */
-  jacobian?: { pairs: readonly SaePair[]; mlp: (pair: SaePair) => MlpWeights; lambda: number };
-}
+/** What the engine trains, and how: the options of every stepper. */
+export type SaeEngineOptions = StepperOptions;
 
 /** A recorded dispatch: kernel, bindings and how many units of work. */
 interface Dispatch {
