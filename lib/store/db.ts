@@ -151,6 +151,8 @@ export const MIGRATIONS: readonly (readonly MigrationStep[])[] = Object.freeze([
     `insert into experiment_runs select experiment, id, manifest_path, varied from runs`,
     snakeCaseConfigs,
   ],
+  // v3: which SAE stepper trained a run (issue 14).
+  ["alter table runs add column stepper varchar"],
 ]);
 
 /** The schema version this program writes and reads: the number of {@link MIGRATIONS}. */
@@ -195,6 +197,8 @@ export const TABLE_DOCS: Readonly<Record<string, TableDoc>> = Object.freeze({
       owner_pid: "That process's PID.",
       owner_started_at: "When that process started (tells a live owner from a reused PID).",
       heartbeat_at: "When the owner last said it is alive (it does every minute).",
+      stepper: "The SAE stepper that trained it: `tfjs` (the reference), `cpu` or `webgpu` (the " +
+        "engines; same numbers to f32 rounding); NULL for failed runs and runs stored before.",
     },
   },
   experiment_runs: {

@@ -76,6 +76,32 @@ Deno.test("openStore() read-only refuses a missing file with a clear message", a
   }
 });
 
+Deno.test("openStore() brings a version-2 database to the current schema: runs gain a NULL stepper", async () => {
+  const db = await tempDb();
+  try {
+    let store = await openStore(db.path);
+    try {
+      await storeRun(store, fakeRun(), fakeResult());
+      // Back to what version 2 wrote: no stepper column, versions 1 and 2 applied.
+      await store.connection.run("alter table runs drop column stepper");
+      await store.connection.run("delete from schema_version where version > 2");
+    } finally {
+      store.close();
+    }
+    store = await openStore(db.path);
+    try {
+      equal(await schemaVersion(store.connection), SCHEMA_VERSION);
+      const rows = (await store.connection.runAndReadAll("select id, stepper from runs"))
+        .getRowsJS();
+      deepEqual(rows, [[fakeRun().id, null]]);
+    } finally {
+      store.close();
+    }
+  } finally {
+    await db.cleanup();
+  }
+});
+
 Deno.test("openStore() refuses a database with a newer schema", async () => {
   const db = await tempDb();
   try {

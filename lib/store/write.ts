@@ -497,6 +497,13 @@ export async function storeRun(
       run.finishedAt ?? new Date(),
       run.wallSeconds,
     );
+    if (!failed) {
+      await store.connection.run(
+        "update runs set stepper = $2 where id = $1",
+        [run.id, outcome.training.stepper ?? null],
+        [VARCHAR, VARCHAR],
+      );
+    }
     await options.afterInsert?.("runs");
     await options.afterInsert?.("run_params");
     for (const r of results) {

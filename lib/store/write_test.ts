@@ -38,7 +38,7 @@ Deno.test("storeRun() round trip: every table holds what the result said", async
       store,
       `select experiment, manifest_path, config::varchar as config, varied::varchar as varied, seed,
         status, error, backend, versions::varchar as versions, started_at, finished_at,
-        wall_seconds from runs`,
+        wall_seconds, stepper from runs`,
     );
     deepEqual(r, {
       experiment: "demo",
@@ -53,6 +53,7 @@ Deno.test("storeRun() round trip: every table holds what the result said", async
       started_at: run.startedAt,
       finished_at: run.finishedAt,
       wall_seconds: 12.5,
+      stepper: "cpu",
     });
     deepEqual(
       await rows(store, "select path, value from run_params order by path"),
@@ -154,6 +155,7 @@ Deno.test("storeRun() of the same id replaces its rows; a failure keeps no resul
     equal(again.scalar_scores, 2);
 
     await storeRun(store, run, { error: "Cannot train: loss diverged at step 3" });
+    deepEqual(await rows(store, "select stepper from runs"), [{ stepper: null }]);
     deepEqual(await rowCounts(store, run.id), {
       runs: 1,
       run_params: 1,

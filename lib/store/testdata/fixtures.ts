@@ -106,6 +106,7 @@ export function fakeResult(o: FakeResultOptions = {}): RunResult {
       seconds: 5,
       tokensPerSecond: 1e5,
       losses: Object.fromEntries(Object.keys(saes).map((h) => [h, 0.5])),
+      stepper: "cpu",
     },
     metrics: {
       saes,
