@@ -129,6 +129,38 @@ export interface SaeTrainResult extends LoopResult {
  * @returns Steps done, final per-SAE losses and throughput.
  * @throws {DivergenceError} Naming the SAE and the step when a loss becomes NaN or infinite.
  * @throws {CheckpointError} If `outDir` holds a run with other settings.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { buildSaes } from "./architectures.ts";
+ * import { layoutPosition } from "./positions.ts";
+ * import { SAE_TRAIN_DEFAULTS, trainSaes } from "./train.ts";
+ *
+ * const sae = { arch: "topk", features: 8, k: 2, jsaeLambda: 0 } as const;
+ * const saes = buildSaes(sae, layoutPosition("mlp", 1), 4, 0);
+ * const x = Float32Array.from({ length: 64 * 4 }, (_, i) => Math.sin(i));
+ * const data = {
+ *   tokens: 64,
+ *   batch: (hooks: readonly string[], start: number, count: number) =>
+ *     Promise.resolve(new Map(hooks.map((h) => [h, x.subarray(4 * start, 4 * (start + count))]))),
+ * };
+ * const outDir = await Deno.makeTempDir();
+ * const result = await trainSaes({
+ *   saes,
+ *   sae,
+ *   train: { ...SAE_TRAIN_DEFAULTS, steps: 3, batch: 8, warmup: 1 },
+ *   seqLen: 4,
+ *   d: 4,
+ *   data,
+ *   outDir,
+ *   provenance: {},
+ *   log: () => {},
+ *   stepper: "tfjs",
+ * });
+ * assert.deepEqual([result.step, result.stepper], [3, "tfjs"]);
+ * saes.dispose();
+ * await Deno.remove(outDir, { recursive: true });
+ * ```
  */
 export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   const { saes, train: cfg, outDir } = o;
