@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { buildSaes, type SaeConfig } from "./architectures.ts";
-import { layoutPosition } from "./positions.ts";
+import {
+  architecture,
+  ARCHITECTURES,
+  buildSaes,
+  type SaeConfig,
+  saeShapes,
+} from "./architectures.ts";
+import { layoutPosition, POSITIONS } from "./positions.ts";
 import { decode, encode, reconstructionLoss } from "./sae.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 
@@ -66,4 +72,24 @@ Deno.test("buildSaes() refuses jsae at block before any work, saying why", () =>
     () => buildSaes(config("jsae"), layoutPosition("block", 4), 64, 0),
     /Cannot train "jsae" at position "block": its Jacobian needs an MLP between the pair/,
   );
+});
+
+Deno.test("saeShapes() names every parameter buildSaes() creates, in order and shape, for every architecture and position it serves", () => {
+  let served = 0;
+  for (const arch of ARCHITECTURES) {
+    for (const position of POSITIONS) {
+      if (architecture(arch).positionProblem(position) !== undefined) continue;
+      served++;
+      const layout = layoutPosition(position, 2);
+      const saes = buildSaes(config(arch, 6), layout, 5, 0);
+      assert.deepEqual(
+        [...saes.params].map(([name, v]) => [name, v.shape]),
+        [...saeShapes(config(arch, 6), layout, 5)],
+        `${arch} at ${position}`,
+      );
+      saes.dispose();
+    }
+  }
+  // jsae serves mlp alone.
+  assert.equal(served, 3 * 3 + 1);
 });

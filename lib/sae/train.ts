@@ -9,7 +9,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { saveCheckpoint } from "../model/checkpoint.ts";
+import { type CheckpointTensor, saveCheckpoint } from "../model/checkpoint.ts";
 import { runState } from "../optim/resume.ts";
 import { warmupCosine } from "../optim/schedule.ts";
 import { type LoopResult, runTrainingLoop } from "../optim/training_loop.ts";
@@ -17,7 +17,7 @@ import { architecture, type SaeConfig, type SaeSet } from "./architectures.ts";
 import type { MlpWeights } from "./jacobian.ts";
 import type { SaePair } from "./positions.ts";
 import { restoreParams } from "./sae_checkpoint.ts";
-import type { StepperKind, StepperOptions } from "./stepper.ts";
+import type { SaeStepper, StepperKind, StepperOptions } from "./stepper.ts";
 import { chooseStepper } from "./steppers/choose.ts";
 
 /** SAE training settings; defaults are the paper's toy schedule. */
@@ -168,22 +168,7 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
   const hooks = saes.hooks;
   const settings = { sae: o.sae, train: cfg };
   const run = await runState(outDir, "settings", settings);
-  if (run.kind === "finished") {
-    log(`"${outDir}" already holds the trained SAEs; nothing to do`);
-    restoreParams(saes.params, run.checkpoint.params, outDir);
-    const saved = run.checkpoint.config as {
-      losses?: Record<string, number>;
-      stepper?: StepperKind;
-    };
-    return {
-      step: cfg.steps,
-      interrupted: false,
-      seconds: 0,
-      tokensPerSecond: NaN,
-      losses: saved.losses ?? {},
-      stepper: saved.stepper,
-    };
-  }
+  if (run.kind === "finished") return finishedRun(o, run.checkpoint, log);
   let start = 0, cursor = 0;
   if (run.kind === "resume") {
     restoreParams(saes.params, run.checkpoint.params, outDir);
@@ -216,69 +201,110 @@ export async function trainSaes(o: TrainSaesOptions): Promise<SaeTrainResult> {
       `features, k ${o.sae.k}) for ${cfg.steps} steps × ${rows} tokens → ${outDir}`,
   );
 
-  const result = await runTrainingLoop({
-    schedule: {
-      steps: cfg.steps,
-      logEvery: cfg.logEvery,
-      evalEvery: cfg.steps,
-      checkpointEvery: cfg.checkpointEvery,
-    },
-    start,
-    tokensPerStep: rows,
-    components,
-    async step(step, willReport) {
-      const arrays = await pending;
-      cursor = nextStart(cursor);
-      // Read the next batch while this one trains.
-      pending = o.data.batch(hooks, cursor, rows);
-      const figures = await stepper.step(arrays, warmupCosine(cfg, step), willReport);
-      return tf.tensor1d(figures ?? new Float32Array(0));
-    },
-    report(step, values) {
-      hooks.forEach((h, i) => (losses[h] = values[i]!));
-      o.onReport?.(
-        step,
-        hooks.map((h, i) => ({ sae: h, loss: values[i]!, l0: values[components.length + i]! })),
-      );
-      const l0 = Array.from(values.subarray(components.length), (v) => v.toFixed(1)).join("/");
-      const total = values.subarray(0, components.length).reduce((a, b) => a + b, 0);
-      return `loss ${total.toFixed(4)} (${hooks.map((h) => losses[h]!.toFixed(3)).join("/")}) | ` +
-        `L0 ${l0} | lr ${warmupCosine(cfg, step - 1).toExponential(2)}`;
-    },
-    async save(step, finished) {
-      await stepper.writeBack();
-      const params = Object.fromEntries(
-        await Promise.all(
-          [...saes.params].map(async (
-            [n, v],
-          ) => [n, { shape: v.shape, data: (await v.data()) as Float32Array }]),
-        ),
-      );
-      const moments = await stepper.state();
-      await saveCheckpoint(outDir, {
-        config: {
-          format: "scalar-lab/saes",
-          settings,
-          hooks,
-          widths: Object.fromEntries(hooks.map((h) => [h, saes.width(h)])),
-          ...o.provenance,
-          step,
-          losses,
-          stepper: kind,
-        },
-        params,
-        state: finished ? undefined : {
-          json: { step, cursor },
-          tensors: Object.fromEntries(moments.tensors),
-        },
-      });
-    },
-    signal: o.signal,
-    log,
-  });
+  try {
+    const result = await runTrainingLoop({
+      schedule: {
+        steps: cfg.steps,
+        logEvery: cfg.logEvery,
+        evalEvery: cfg.steps,
+        checkpointEvery: cfg.checkpointEvery,
+      },
+      start,
+      tokensPerStep: rows,
+      components,
+      async step(step, willReport) {
+        const arrays = await pending;
+        cursor = nextStart(cursor);
+        // Read the next batch while this one trains.
+        pending = o.data.batch(hooks, cursor, rows);
+        const figures = await stepper.step(arrays, warmupCosine(cfg, step), willReport);
+        return tf.tensor1d(figures ?? new Float32Array(0));
+      },
+      report: (step, values) => reportFigures(o, components.length, losses, step, values),
+      save: (step, finished) =>
+        saveSaes(o, stepper, { step, cursor, finished, losses, stepper: kind }),
+      signal: o.signal,
+      log,
+    });
+    await stepper.writeBack();
+    return { ...result, losses, stepper: kind };
+  } finally {
+    stepper.dispose();
+  }
+}
+
+// A run whose checkpoint is final: its SAEs restored, its recorded losses and stepper.
+function finishedRun(
+  o: TrainSaesOptions,
+  checkpoint: { config: unknown; params: Record<string, CheckpointTensor> },
+  log: (line: string) => void,
+): SaeTrainResult {
+  log(`"${o.outDir}" already holds the trained SAEs; nothing to do`);
+  restoreParams(o.saes.params, checkpoint.params, o.outDir);
+  const saved = checkpoint.config as { losses?: Record<string, number>; stepper?: StepperKind };
+  const losses = saved.losses ?? {};
+  const done = { step: o.train.steps, interrupted: false, seconds: 0, tokensPerSecond: NaN };
+  return { ...done, losses, stepper: saved.stepper };
+}
+
+// Takes in a reporting step's figures (each SAE's loss, each pair term, each SAE's L0): keeps the
+// losses, hands them to `onReport`, and returns the progress line's fields.
+function reportFigures(
+  o: TrainSaesOptions,
+  terms: number,
+  losses: Record<string, number>,
+  step: number,
+  values: Float32Array,
+): string {
+  const hooks = o.saes.hooks;
+  hooks.forEach((h, i) => (losses[h] = values[i]!));
+  o.onReport?.(step, hooks.map((h, i) => ({ sae: h, loss: values[i]!, l0: values[terms + i]! })));
+  const l0 = Array.from(values.subarray(terms), (v) => v.toFixed(1)).join("/");
+  const total = values.subarray(0, terms).reduce((a, b) => a + b, 0);
+  return `loss ${total.toFixed(4)} (${hooks.map((h) => losses[h]!.toFixed(3)).join("/")}) | ` +
+    `L0 ${l0} | lr ${warmupCosine(o.train, step - 1).toExponential(2)}`;
+}
+
+// Writes the SAEs' checkpoint: the parameters (copied back from the stepper), the settings and
+// provenance, and unless finished the optimizer state and data cursor to resume from.
+async function saveSaes(
+  o: TrainSaesOptions,
+  stepper: SaeStepper,
+  at: {
+    step: number;
+    cursor: number;
+    finished: boolean;
+    losses: Record<string, number>;
+    stepper: StepperKind;
+  },
+): Promise<void> {
+  const { saes } = o;
   await stepper.writeBack();
-  stepper.dispose();
-  return { ...result, losses, stepper: kind };
+  const params = Object.fromEntries(
+    await Promise.all(
+      [...saes.params].map(async (
+        [n, v],
+      ) => [n, { shape: v.shape, data: (await v.data()) as Float32Array }]),
+    ),
+  );
+  const moments = await stepper.state();
+  await saveCheckpoint(o.outDir, {
+    config: {
+      format: "scalar-lab/saes",
+      settings: { sae: o.sae, train: o.train },
+      hooks: saes.hooks,
+      widths: Object.fromEntries(saes.hooks.map((h) => [h, saes.width(h)])),
+      ...o.provenance,
+      step: at.step,
+      losses: at.losses,
+      stepper: at.stepper,
+    },
+    params,
+    state: at.finished ? undefined : {
+      json: { step: at.step, cursor: at.cursor },
+      tensors: Object.fromEntries(moments.tensors),
+    },
+  });
 }
 
 // What the stepper is built from: the batch sizes, AdamW and clipping settings, and the pair

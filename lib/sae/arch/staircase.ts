@@ -62,59 +62,70 @@ export function staircase(detached: boolean, summary: string): ArchitectureSpec 
           ],
         };
       }),
-    weights(params, layout, features, d) {
-      const chainOf = new Map<string, { chain: number; position: number }>();
-      layout.chains.forEach((hooks, chain) =>
-        hooks.forEach((hook, position) => chainOf.set(hook, { chain, position }))
-      );
-      return (hook): SaeWeights => {
-        const { chain, position } = chainOf.get(hook)!;
-        const width = (position + 1) * features;
-        const wEnc = params.get(`chain${chain}/W_enc`)!;
-        const wDec = params.get(`chain${chain}/W_dec`)!;
-        let enc = wEnc.slice([0, 0], [d, width]) as tf.Tensor2D;
-        let dec = wDec.slice([0, 0], [width, d]) as tf.Tensor2D;
-        if (detached && position > 0) {
-          // Earlier chunks are read but not trained by this SAE's loss.
-          const own = width - features;
-          enc = tf.concat([
-            stopGradient(wEnc.slice([0, 0], [d, own])),
-            wEnc.slice([0, own], [d, features]),
-          ], 1) as tf.Tensor2D;
-          dec = tf.concat([
-            stopGradient(wDec.slice([0, 0], [own, d])),
-            wDec.slice([own, 0], [features, d]),
-          ], 0) as tf.Tensor2D;
-        }
-        return {
-          wEnc: enc,
-          bEnc: params.get(`${hook}/b_enc`) as tf.Tensor1D,
-          wDec: dec,
-          bDec: params.get(`${hook}/b_dec`) as tf.Tensor1D,
-        };
+    weights: staircaseWeights(detached),
+    matrices: staircaseMatrices(detached),
+  };
+}
+
+// Each SAE's weights: slices of its chain's dictionary, the earlier chunks behind a stop-gradient
+// when detached.
+function staircaseWeights(detached: boolean): ArchitectureSpec["weights"] {
+  return (params, layout, features, d) => {
+    const chainOf = new Map<string, { chain: number; position: number }>();
+    layout.chains.forEach((hooks, chain) =>
+      hooks.forEach((hook, position) => chainOf.set(hook, { chain, position }))
+    );
+    return (hook): SaeWeights => {
+      const { chain, position } = chainOf.get(hook)!;
+      const width = (position + 1) * features;
+      const wEnc = params.get(`chain${chain}/W_enc`)!;
+      const wDec = params.get(`chain${chain}/W_dec`)!;
+      let enc = wEnc.slice([0, 0], [d, width]) as tf.Tensor2D;
+      let dec = wDec.slice([0, 0], [width, d]) as tf.Tensor2D;
+      if (detached && position > 0) {
+        // Earlier chunks are read but not trained by this SAE's loss.
+        const own = width - features;
+        enc = tf.concat([
+          stopGradient(wEnc.slice([0, 0], [d, own])),
+          wEnc.slice([0, own], [d, features]),
+        ], 1) as tf.Tensor2D;
+        dec = tf.concat([
+          stopGradient(wDec.slice([0, 0], [own, d])),
+          wDec.slice([own, 0], [features, d]),
+        ], 0) as tf.Tensor2D;
+      }
+      return {
+        wEnc: enc,
+        bEnc: params.get(`${hook}/b_enc`) as tf.Tensor1D,
+        wDec: dec,
+        bDec: params.get(`${hook}/b_dec`) as tf.Tensor1D,
       };
-    },
-    matrices(saes, features) {
-      // Chains are laid out in hook order, each growing by one chunk per hook: a hook of width
-      // `features` starts the next chain.
-      let chain = -1, position = 0;
-      return saes.hooks.map((hook) => {
-        const width = saes.width(hook);
-        if (width === features) [chain, position] = [chain + 1, 0];
-        else position++;
-        if (chain < 0 || width !== (position + 1) * features) {
-          throw new ArchitectureError(
-            `Cannot lay out Staircase SAE "${hook}": width ${width} is not ${position + 1} × ` +
-              `${features} within chain${chain}`,
-          );
-        }
-        return {
-          wEnc: `chain${chain}/W_enc`,
-          wDec: `chain${chain}/W_dec`,
-          trainFrom: detached ? position * features : 0,
-        };
-      });
-    },
+    };
+  };
+}
+
+// Which chain's matrices each SAE reads, and from which feature its loss trains them.
+function staircaseMatrices(detached: boolean): ArchitectureSpec["matrices"] {
+  return (saes, features) => {
+    // Chains are laid out in hook order, each growing by one chunk per hook: a hook of width
+    // `features` starts the next chain.
+    let chain = -1, position = 0;
+    return saes.hooks.map((hook) => {
+      const width = saes.width(hook);
+      if (width === features) [chain, position] = [chain + 1, 0];
+      else position++;
+      if (chain < 0 || width !== (position + 1) * features) {
+        throw new ArchitectureError(
+          `Cannot lay out Staircase SAE "${hook}": width ${width} is not ${position + 1} × ` +
+            `${features} within chain${chain}`,
+        );
+      }
+      return {
+        wEnc: `chain${chain}/W_enc`,
+        wDec: `chain${chain}/W_dec`,
+        trainFrom: detached ? position * features : 0,
+      };
+    });
   };
 }
 
