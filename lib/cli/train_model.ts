@@ -10,7 +10,9 @@ import { resolveCorpus } from "../data/corpus.ts";
 import { splitTrainVal } from "../data/split.ts";
 import { loadModelManifest } from "../experiment/model_manifest.ts";
 import { countParameters } from "../model/gpt.ts";
-import { trainLm } from "../model/train.ts";
+import { loadCheckpoint } from "../model/checkpoint.ts";
+import { readGptCheckpoint } from "../model/gpt_checkpoint.ts";
+import { FINETUNE_TRAINABLE, finetuneValues, trainLm } from "../model/train.ts";
 import { formatCount } from "../util/progress.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 
@@ -20,8 +22,9 @@ export const trainModelCommand: Command = {
   help: `Usage: deno task train-model MANIFEST [--backend NAME] [--out DIR]
 
 Trains the model of a model manifest (e.g. experiments/toy-model.yaml) and saves it as a
-checkpoint folder (model.safetensors + config.json). Checkpoints are written every
-train.checkpoint_every steps; Ctrl-C finishes the current step and saves one. Running the same
+checkpoint folder (model.safetensors + config.json). With finetune.from it starts from that
+checkpoint's weights instead (e.g. experiments/toy-model-dyt.yaml: ln_2 replaced by DynamicTanh,
+only ln_2 and the MLPs trained). Checkpoints are written every train.checkpoint_every steps; Ctrl-C finishes the current step and saves one. Running the same
 command again resumes from the last checkpoint; a finished model is not trained again.
 
 Options:
@@ -49,6 +52,20 @@ Environment:
         `${manifest.preset}: ${countParameters(manifest.model)} parameters`,
     );
     const outDir = values.out ?? `results/models/${manifest.name}`;
+    const ft = manifest.finetune;
+    let start;
+    if (ft !== undefined) {
+      const base = readGptCheckpoint(ft.from, await loadCheckpoint(ft.from));
+      start = {
+        values: finetuneValues(
+          { config: base.config.model, values: base.values },
+          manifest.model,
+          manifest.train.seed,
+        ),
+        trainable: FINETUNE_TRAINABLE[ft.trainable],
+      };
+      console.error(`fine-tuning ${ft.from} (trained: ${ft.trainable})`);
+    }
 
     const abort = new AbortController();
     const onInterrupt = () => {
@@ -71,7 +88,9 @@ Environment:
           preset: manifest.preset,
           corpus: { name: corpus.name, sha256: corpus.sha256 },
           backend: backend.detail,
+          ...(ft ? { finetune: ft } : {}),
         },
+        start,
         signal: abort.signal,
       });
       if (Number.isFinite(result.tokensPerSecond)) {

@@ -6,8 +6,13 @@
  */
 import { BACKEND_CHOICES, type BackendChoice } from "../backend/select.ts";
 import { CORPORA } from "../data/corpus.ts";
-import { type GPTConfig, MODEL_PRESETS } from "../model/gpt.ts";
-import { LM_TRAIN_DEFAULTS, type LmTrainConfig } from "../model/train.ts";
+import { type GPTConfig, MLP_NORMS, type MlpNorm, MODEL_PRESETS } from "../model/gpt.ts";
+import {
+  FINETUNE_TRAINABLE,
+  type FinetuneTrainable,
+  LM_TRAIN_DEFAULTS,
+  type LmTrainConfig,
+} from "../model/train.ts";
 import { checkFields, type Rules } from "./fields.ts";
 import { ManifestSource } from "./manifest_source.ts";
 
@@ -30,6 +35,31 @@ export const MODEL_MANIFEST_RULES: Rules = {
         doc: "Named model shape",
         default: "shakespeare_64x4",
         choices: Object.keys(MODEL_PRESETS),
+      },
+      mlp_norm: {
+        type: "string",
+        doc: "ln_2, before each MLP: layernorm, or dyt (DynamicTanh γ·tanh(α·x) + β)",
+        default: "layernorm",
+        choices: MLP_NORMS,
+      },
+    },
+  },
+  finetune: {
+    type: "object",
+    doc: "Start from a trained checkpoint instead of a fresh model",
+    fields: {
+      from: {
+        type: "string",
+        doc: "Checkpoint folder whose weights the model starts from (parameters it lacks, such " +
+          "as DynamicTanh's, start fresh); empty: train from scratch",
+        default: "",
+      },
+      trainable: {
+        type: "string",
+        doc: "Parameters that train: all, or mlp (each block's ln_2 and MLP, the rest frozen, " +
+          "as the SCALAR authors' DynamicTanh fine-tune)",
+        default: "all",
+        choices: Object.keys(FINETUNE_TRAINABLE),
       },
     },
   },
@@ -120,6 +150,8 @@ export interface ModelManifest {
   model: GPTConfig;
   /** Registered corpus name. */
   corpus: string;
+  /** The checkpoint to start from and what trains; absent: a fresh model, all of it trained. */
+  finetune?: { from: string; trainable: FinetuneTrainable };
   /** Training settings. */
   train: LmTrainConfig;
   /** Backend the manifest asks for. */
@@ -141,11 +173,19 @@ export async function loadModelManifest(file: string): Promise<ModelManifest> {
   src.throwIfProblems();
   const model = v.model as Record<string, string>;
   const t = v.train as Record<string, number>;
+  const finetune = v.finetune as { from: string; trainable: FinetuneTrainable };
+  if (!finetune.from && finetune.trainable !== "all") {
+    src.problem("finetune.trainable", "freezing parameters needs finetune.from (a trained model)");
+    src.throwIfProblems();
+  }
+  const mlpNorm = model.mlp_norm as MlpNorm;
   return {
     name: v.name as string,
     preset: model.config!,
-    model: { ...MODEL_PRESETS[model.config!]! },
+    // LayerNorm models keep the preset's fields exactly, so their checkpoints stay as they were.
+    model: { ...MODEL_PRESETS[model.config!]!, ...(mlpNorm === "layernorm" ? {} : { mlpNorm }) },
     corpus: (v.data as Record<string, string>).corpus!,
+    ...(finetune.from ? { finetune } : {}),
     train: {
       steps: t.steps!,
       batch: t.batch!,

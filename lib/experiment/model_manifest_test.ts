@@ -52,3 +52,20 @@ Deno.test("loadModelManifest() reports YAML syntax errors and missing files with
   assert.match(err.message, /m\.yaml:\d+:\d+: /);
   await assert.rejects(loadModelManifest("/nonexistent/x.yaml"), /the file does not exist/);
 });
+
+Deno.test("loadModelManifest() reads a DynamicTanh fine-tune and needs a base to freeze", async () => {
+  const text =
+    "name: dyt\nmodel:\n  mlp_norm: dyt\nfinetune:\n  from: models/base\n  trainable: mlp\n";
+  const m = await withManifest(text, loadModelManifest);
+  assert.equal(m.model.mlpNorm, "dyt");
+  assert.deepEqual(m.finetune, { from: "models/base", trainable: "mlp" });
+  // Without the options, the model and its checkpoints are exactly as before.
+  const plain = await withManifest("name: toy\n", loadModelManifest);
+  assert.equal("mlpNorm" in plain.model, false);
+  assert.equal(plain.finetune, undefined);
+  const err = await withManifest(
+    "name: dyt\nfinetune:\n  trainable: mlp\n",
+    (p) => loadModelManifest(p).catch((e) => e),
+  );
+  assert.match(err.message, /3:3: finetune\.trainable: freezing parameters needs finetune\.from/);
+});

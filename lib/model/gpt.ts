@@ -30,7 +30,26 @@ export interface GPTConfig {
   vocabSize: number;
   /** LayerNorm epsilon. */
   lnEps: number;
+  /**
+   * What normalises the MLP's input (`ln_2`): LayerNorm, or DynamicTanh γ·tanh(α·x) + β (Zhu et
+   * al. 2025; the SCALAR authors' fine-tune of the toy model, {@link dynamicTanh}). Absent in
+   * GPT-2 and older checkpoints, which means LayerNorm. @default "layernorm"
+   */
+  mlpNorm?: MlpNorm;
 }
+
+/** The MLP input's normalisation: `layernorm` (GPT-2) or `dyt` (DynamicTanh). */
+export type MlpNorm = "layernorm" | "dyt";
+
+/** The choices of {@link GPTConfig.mlpNorm}. */
+export const MLP_NORMS: readonly MlpNorm[] = ["layernorm", "dyt"];
+
+/**
+ * DynamicTanh's initial α: 2, as the SCALAR authors' fine-tune builds it (their GPTConfig's
+ * `alpha_mlp` default; the fine-tune rebuilds the config from the base model's JSON, which does
+ * not carry the 10 of their `ascii_64x4_dyt` preset). γ starts at 1 and β at 0.
+ */
+export const DYT_ALPHA_INIT = 2;
 
 /** The paper's toy model: 4 layers, 4 heads, d_model 64, context 128, character vocabulary. */
 export const SHAKESPEARE_64X4: Readonly<GPTConfig> = Object.freeze({
@@ -80,8 +99,16 @@ export function parameterShapes(c: GPTConfig): Map<string, number[]> {
     shapes.set(`${p}.attn.c_attn.bias`, [3 * c.dModel]);
     shapes.set(`${p}.attn.c_proj.weight`, [c.dModel, c.dModel]);
     shapes.set(`${p}.attn.c_proj.bias`, [c.dModel]);
-    shapes.set(`${p}.ln_2.weight`, [c.dModel]);
-    shapes.set(`${p}.ln_2.bias`, [c.dModel]);
+    if (c.mlpNorm === "dyt") {
+      // The authors' names (alpha, gamma, beta): a LayerNorm checkpoint's ln_2 gain and bias then
+      // do not carry over into a DynamicTanh model, as in their fine-tune.
+      shapes.set(`${p}.ln_2.alpha`, [1]);
+      shapes.set(`${p}.ln_2.gamma`, [c.dModel]);
+      shapes.set(`${p}.ln_2.beta`, [c.dModel]);
+    } else {
+      shapes.set(`${p}.ln_2.weight`, [c.dModel]);
+      shapes.set(`${p}.ln_2.bias`, [c.dModel]);
+    }
     shapes.set(`${p}.mlp.c_fc.weight`, [c.dModel, c.dMlp]);
     shapes.set(`${p}.mlp.c_fc.bias`, [c.dMlp]);
     shapes.set(`${p}.mlp.c_proj.weight`, [c.dMlp, c.dModel]);
@@ -113,7 +140,8 @@ export function countParameters(c: GPTConfig): number {
 /**
  * Draws GPT-2's initialisation from a seed: weights N(0, 0.02), biases 0, LayerNorm gains 1, and the
  * two residual output projections (`c_proj`) scaled by (2 · nLayer)^-½ so that the residual stream's
- * variance does not grow with depth (GPT-2 paper, §2.3).
+ * variance does not grow with depth (GPT-2 paper, §2.3). DynamicTanh starts at α = 2 ({@link
+ * DYT_ALPHA_INIT}), γ = 1, β = 0; it draws nothing, so the other values do not depend on it.
  *
  * @param c The model shape.
  * @param seed Initialisation seed.
@@ -124,7 +152,8 @@ export function initParameters(c: GPTConfig, seed: number): Map<string, Float32A
   const values = new Map<string, Float32Array>();
   for (const [name, shape] of parameterShapes(c)) {
     const size = shape.reduce((a, b) => a * b, 1);
-    if (name.endsWith(".bias")) values.set(name, new Float32Array(size));
+    if (name.endsWith(".bias") || name.endsWith(".beta")) values.set(name, new Float32Array(size));
+    else if (name.endsWith(".alpha")) values.set(name, new Float32Array(size).fill(DYT_ALPHA_INIT));
     else if (name.includes("ln_")) values.set(name, new Float32Array(size).fill(1));
     else {
       const std = name.endsWith("c_proj.weight") ? 0.02 / Math.sqrt(2 * c.nLayer) : 0.02;
@@ -237,10 +266,21 @@ export class GPT {
    *
    * @param config The model shape.
    * @param values Parameter name → values, as {@link initParameters} or a checkpoint gives them.
-   * @param trainable Whether gradients are taken for the parameters (false for a frozen model).
-   * @throws {RangeError} If a parameter is missing or has the wrong number of values.
+   * @param trainable Whether gradients are taken for the parameters (false for a frozen model), or
+   *   which ones (a fine-tune that trains some and freezes the rest).
+   * @throws {RangeError} If a parameter is missing or has the wrong number of values, or the
+   *   MLP's normalisation is unknown.
    */
-  constructor(config: GPTConfig, values: ReadonlyMap<string, Float32Array>, trainable = true) {
+  constructor(
+    config: GPTConfig,
+    values: ReadonlyMap<string, Float32Array>,
+    trainable: boolean | ((name: string) => boolean) = true,
+  ) {
+    if (config.mlpNorm !== undefined && !MLP_NORMS.includes(config.mlpNorm)) {
+      throw new RangeError(
+        `Cannot build GPT: mlpNorm "${config.mlpNorm}" is not one of ${MLP_NORMS.join(", ")}`,
+      );
+    }
     if (config.dModel % config.nHead !== 0) {
       throw new RangeError(
         `Cannot build GPT: d_model ${config.dModel} is not divisible by ${config.nHead} heads`,
@@ -258,7 +298,8 @@ export class GPT {
           }, expected shape [${shape}] (${size} values)`,
         );
       }
-      this.params.set(name, tf.variable(tf.tensor(data, shape), trainable));
+      const train = typeof trainable === "boolean" ? trainable : trainable(name);
+      this.params.set(name, tf.variable(tf.tensor(data, shape), train));
     }
     this.#order = new Map([...hookNames(config), LOGITS].map((n, i) => [n, i]));
   }
@@ -376,7 +417,18 @@ export class GPT {
         `${b}.hook_resid_mid`,
         () => tf.add(get(`${b}.hook_resid_pre`), get(`${b}.hook_attn_out`)),
       );
-      step(`${b}.hook_mlp_in`, () => ln(get(`${b}.hook_resid_mid`), `${h}.ln_2`));
+      step(
+        `${b}.hook_mlp_in`,
+        () =>
+          c.mlpNorm === "dyt"
+            ? dynamicTanh(
+              get(`${b}.hook_resid_mid`),
+              p(`${h}.ln_2.alpha`),
+              p(`${h}.ln_2.gamma`),
+              p(`${h}.ln_2.beta`),
+            )
+            : ln(get(`${b}.hook_resid_mid`), `${h}.ln_2`),
+      );
       step(
         `${b}.mlp.hook_post`,
         () => geluTanh(linear(get(`${b}.hook_mlp_in`), `${h}.mlp.c_fc`, c.dMlp)),
@@ -491,6 +543,34 @@ function attentionReference(qkv: tf.Tensor2D, T: number, H: number): tf.Tensor2D
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-5): tf.Tensor {
   const { mean, variance } = tf.moments(x, -1, true);
   return x.sub(mean).mul(tf.rsqrt(variance.add(eps))).mul(weight).add(bias);
+}
+
+/**
+ * DynamicTanh (Zhu et al. 2025, "Transformers without Normalization"): γ·tanh(α·x) + β, a
+ * LayerNorm replacement with a learned scalar α; elementwise, so each token is mapped on its own.
+ *
+ * @param x Input `[..., D]`.
+ * @param alpha The scalar α, shape `[1]`.
+ * @param gamma Gain `[D]`.
+ * @param beta Offset `[D]`.
+ * @returns γ·tanh(α·x) + β.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { dynamicTanh } from "./gpt.ts";
+ * const y = dynamicTanh(tf.tensor1d([0, 100]), tf.tensor1d([2]), tf.tensor1d([3, 3]), tf.tensor1d([1, 1]));
+ * equal((await y.data()).join(), "1,4");
+ * ```
+ */
+export function dynamicTanh(
+  x: tf.Tensor,
+  alpha: tf.Tensor,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+): tf.Tensor {
+  return tf.tanh(x.mul(alpha)).mul(gamma).add(beta);
 }
 
 /**

@@ -10,7 +10,7 @@ import {
   type CheckpointTensor,
   loadCheckpoint,
 } from "./checkpoint.ts";
-import { GPT, type GPTConfig, parameterShapes } from "./gpt.ts";
+import { GPT, type GPTConfig, MLP_NORMS, type MlpNorm, parameterShapes } from "./gpt.ts";
 
 /** What `config.json` of a GPT checkpoint holds. */
 export interface GptCheckpointConfig {
@@ -76,6 +76,13 @@ export function readGptCheckpoint(
     if (typeof model[field] !== "number" || !(model[field] as number > 0)) {
       fail(`config.json field "model.${field}" must be a positive number, got ${model[field]}`);
     }
+  }
+  if (model.mlpNorm !== undefined && !MLP_NORMS.includes(model.mlpNorm as MlpNorm)) {
+    fail(
+      `config.json field "model.mlpNorm" must be one of ${
+        MLP_NORMS.join(", ")
+      }, got ${model.mlpNorm}`,
+    );
   }
   const values = new Map<string, Float32Array>();
   for (const [name, shape] of parameterShapes(model as unknown as GPTConfig)) {

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { countParameters, crossEntropy, GPT, hookNames, LOGITS, SHAKESPEARE_64X4 } from "./gpt.ts";
-import { createRng } from "../util/rng.ts";
+import {
+  countParameters,
+  crossEntropy,
+  dynamicTanh,
+  GPT,
+  hookNames,
+  LOGITS,
+  SHAKESPEARE_64X4,
+} from "./gpt.ts";
+import { createRng, normalArray } from "../util/rng.ts";
 import { TINY } from "./testdata/tiny_gpt.ts";
 
 function randomTokens(seed: number, b: number, t: number, vocab: number): tf.Tensor2D {
@@ -145,4 +153,62 @@ Deno.test("GPT gradients match central finite differences on a tiny model", asyn
     assert.ok(Math.abs(fd - g) < 3e-2 * Math.abs(g) + 2e-3, `${v.name}: analytic ${g} vs ${fd}`);
   }
   model.dispose();
+});
+
+Deno.test("dynamicTanh() gradients in x, α, γ and β match central finite differences", async () => {
+  const rng = createRng(21);
+  const inputs = [
+    tf.tensor2d(normalArray(rng, 12, 1.5), [3, 4]), // x
+    tf.tensor1d([0.7]), // α
+    tf.tensor1d(normalArray(rng, 4, 1)), // γ
+    tf.tensor1d(normalArray(rng, 4, 1)), // β
+  ];
+  const w = tf.tensor2d(normalArray(rng, 12, 1), [3, 4]);
+  const loss = (x: tf.Tensor, a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) =>
+    dynamicTanh(x, a, g, b).mul(w).sum() as tf.Scalar;
+  const grads = tf.grads(loss)(inputs);
+  const eps = 1e-3;
+  for (const [n, t] of inputs.entries()) {
+    const values = (await t.data()) as Float32Array;
+    const g = await grads[n]!.data();
+    for (let i = 0; i < values.length; i++) {
+      const at = async (delta: number) => {
+        const v = values.slice();
+        v[i]! += delta;
+        const args = inputs.map((u, m) => (m === n ? tf.tensor(v, t.shape) : u));
+        return (await loss(args[0]!, args[1]!, args[2]!, args[3]!).data())[0]!;
+      };
+      const fd = ((await at(eps)) - (await at(-eps))) / (2 * eps);
+      assert.ok(
+        Math.abs(fd - g[i]!) < 2e-3 * (1 + Math.abs(fd)),
+        `input ${n}[${i}]: ${g[i]} vs ${fd}`,
+      );
+    }
+  }
+});
+
+Deno.test("a GPT with a DynamicTanh ln_2 starts at α 2, γ 1, β 0 and applies it at hook_mlp_in", async () => {
+  const model = GPT.init({ ...TINY, mlpNorm: "dyt" }, 3);
+  assert.ok(!model.params.has("h.0.ln_2.weight"));
+  assert.deepEqual([...await model.params.get("h.1.ln_2.alpha")!.data()], [2]);
+  assert.ok((await model.params.get("h.1.ln_2.gamma")!.data()).every((v) => v === 1));
+  assert.ok((await model.params.get("h.1.ln_2.beta")!.data()).every((v) => v === 0));
+  // Same seed, same draws: the DynamicTanh parameters take nothing from the generator.
+  const plain = GPT.init(TINY, 3);
+  assert.deepEqual(
+    await model.params.get("h.1.mlp.c_fc.weight")!.data(),
+    await plain.params.get("h.1.mlp.c_fc.weight")!.data(),
+  );
+  const tokens = randomTokens(22, 2, 6, TINY.vocabSize);
+  const hooks = ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_in"];
+  const { cache } = model.run({ tokens, stopAt: hooks[1], cache: hooks });
+  const mid = (await cache.get(hooks[0]!)!.data()) as Float32Array;
+  const got = await cache.get(hooks[1]!)!.data();
+  mid.forEach((v, i) => assert.ok(Math.abs(got[i]! - Math.tanh(2 * v)) < 1e-6, `${i}`));
+  assert.throws(
+    () => new GPT({ ...TINY, mlpNorm: "rms" as "dyt" }, new Map()),
+    /mlpNorm "rms" is not one of layernorm, dyt/,
+  );
+  model.dispose();
+  plain.dispose();
 });

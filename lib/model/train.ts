@@ -12,7 +12,7 @@ import { warmupCosine } from "../optim/schedule.ts";
 import { saveCheckpoint } from "./checkpoint.ts";
 import { runTrainingLoop } from "../optim/training_loop.ts";
 import { runState } from "../optim/resume.ts";
-import { crossEntropy, GPT, type GPTConfig } from "./gpt.ts";
+import { crossEntropy, GPT, type GPTConfig, initParameters, parameterShapes } from "./gpt.ts";
 import { type GptCheckpointConfig, gptTensors, readGptCheckpoint } from "./gpt_checkpoint.ts";
 
 /** Settings of a language-model training run; the defaults are the paper's toy-model recipe. */
@@ -107,6 +107,12 @@ export interface TrainLmOptions {
   outDir: string;
   /** Saved in `config.json` beside the model (corpus checksum, tokenizer, manifest name...). */
   provenance: Omit<GptCheckpointConfig, "format" | "model">;
+  /**
+   * A fine-tune: start from these values (see {@link finetuneValues}) instead of a fresh
+   * initialisation, and train only the parameters `trainable` accepts. @default a fresh model,
+   *   every parameter trained
+   */
+  start?: { values: ReadonlyMap<string, Float32Array>; trainable: (name: string) => boolean };
   /** When it fires, the run finishes its step, saves a checkpoint and returns. */
   signal?: AbortSignal;
   /** Where progress lines go. @default stderr */
@@ -122,7 +128,9 @@ export interface TrainLmOptions {
  * @returns The optimizer.
  */
 export function createLmOptimizer(model: GPT, cfg: LmTrainConfig): AdamW {
-  return new AdamW(model.params, {
+  // Frozen parameters (a fine-tune's) get no moments and no decay.
+  const trained = new Map([...model.params].filter(([, v]) => v.trainable));
+  return new AdamW(trained, {
     beta1: cfg.beta1,
     beta2: cfg.beta2,
     weightDecay: cfg.weightDecay,
@@ -166,7 +174,7 @@ export async function evaluateLoss(
  * to rounding while memory stays proportional to the micro-batch), then global-norm clipping and
  * AdamW.
  *
- * @param model The model (trainable).
+ * @param model The model; only its trainable parameters get gradients and updates.
  * @param optimizer Its optimizer.
  * @param batch Inputs and next-token targets.
  * @param lr This step's learning rate.
@@ -181,8 +189,9 @@ export function lmStep(
   cfg: Pick<LmTrainConfig, "gradClip" | "microBatch">,
 ): tf.Scalar {
   const [B, T] = batch.shape;
-  const vars = [...model.params.values()];
-  const names = [...model.params.keys()];
+  const trained = [...model.params].filter(([, v]) => v.trainable);
+  const vars = trained.map(([, v]) => v);
+  const names = trained.map(([n]) => n);
   let loss: tf.Scalar = tf.scalar(0);
   let sums: tf.Tensor[] = [];
   for (let start = 0; start < B; start += cfg.microBatch) {
@@ -205,6 +214,66 @@ export function lmStep(
   });
   tf.dispose(sums);
   return loss;
+}
+
+/** Which parameters a fine-tune trains (`finetune.trainable` of a model manifest). */
+export const FINETUNE_TRAINABLE = {
+  /** Every parameter. */
+  all: (_name: string) => true,
+  /**
+   * Each block's ln_2 and MLP, the rest frozen: the SCALAR authors' DynamicTanh fine-tune, which
+   * trains the parameters whose names hold "mlp", "alpha", "beta" or "gamma".
+   */
+  mlp: (name: string) => /^h\.\d+\.(ln_2|mlp)\./.test(name),
+} as const;
+
+/** The choices of {@link FINETUNE_TRAINABLE}. */
+export type FinetuneTrainable = keyof typeof FINETUNE_TRAINABLE;
+
+/**
+ * The starting values of a fine-tune: every parameter of `target` that the base checkpoint has
+ * under the same name and shape is copied; the others take their fresh initialisation
+ * ({@link initParameters} with `seed`). From a LayerNorm model to a DynamicTanh one this keeps
+ * everything but ln_2, which starts at α = 2, γ = 1, β = 0, as the authors' non-strict load does.
+ *
+ * @param base The base model's shape and values.
+ * @param target The fine-tuned model's shape.
+ * @param seed Seed of the fresh values.
+ * @returns Parameter name → values for `target`.
+ * @throws {RangeError} If the two shapes differ in anything but the MLP's normalisation.
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { initParameters } from "./gpt.ts";
+ * import { finetuneValues } from "./train.ts";
+ * const shape = { nLayer: 1, nHead: 1, dModel: 2, dMlp: 4, nCtx: 2, vocabSize: 3, lnEps: 1e-5 };
+ * const base = { config: shape, values: initParameters(shape, 7) };
+ * const dyt = finetuneValues(base, { ...shape, mlpNorm: "dyt" }, 0);
+ * deepEqual(dyt.get("h.0.mlp.c_fc.weight"), base.values.get("h.0.mlp.c_fc.weight"));
+ * deepEqual([...dyt.get("h.0.ln_2.alpha")!], [2]);
+ * ```
+ */
+export function finetuneValues(
+  base: { config: GPTConfig; values: ReadonlyMap<string, Float32Array> },
+  target: GPTConfig,
+  seed: number,
+): Map<string, Float32Array> {
+  for (const field of ["nLayer", "nHead", "dModel", "dMlp", "nCtx", "vocabSize"] as const) {
+    if (base.config[field] !== target[field]) {
+      throw new RangeError(
+        `Cannot fine-tune: the base model's ${field} is ${base.config[field]}, the manifest's ` +
+          `${target[field]}; start from a checkpoint of the same shape`,
+      );
+    }
+  }
+  const values = initParameters(target, seed);
+  const shapes = parameterShapes(base.config);
+  for (const [name, shape] of parameterShapes(target)) {
+    const from = base.values.get(name);
+    if (from !== undefined && shapes.get(name)?.join() === shape.join()) values.set(name, from);
+  }
+  return values;
 }
 
 /**
@@ -246,7 +315,7 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
   let lossSum = 0, lossCount = 0;
   if (run.kind === "resume") {
     const { values } = readGptCheckpoint(outDir, run.checkpoint);
-    model = new GPT(opts.model, values, true);
+    model = new GPT(opts.model, values, opts.start?.trainable ?? true);
     const state = run.checkpoint.state.json as {
       step: number;
       cursor: number;
@@ -256,6 +325,8 @@ export async function trainLm(opts: TrainLmOptions): Promise<LmTrainResult> {
     };
     ({ step: start, cursor, history, lossSum, lossCount } = state);
     log(`resuming "${outDir}" at step ${start}`);
+  } else if (opts.start) {
+    model = new GPT(opts.model, opts.start.values, opts.start.trainable);
   } else {
     model = GPT.init(opts.model, cfg.seed);
   }

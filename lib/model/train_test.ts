@@ -3,12 +3,15 @@ import { GPT, type GPTConfig } from "./gpt.ts";
 import {
   bestModelDir,
   createLmOptimizer,
+  FINETUNE_TRAINABLE,
+  finetuneValues,
   LM_TRAIN_DEFAULTS,
   lmStep,
   trainLm,
   type TrainLmOptions,
 } from "./train.ts";
 import { loadCheckpoint } from "./checkpoint.ts";
+import { loadGpt, readGptCheckpoint } from "./gpt_checkpoint.ts";
 
 const TINY: GPTConfig = {
   nLayer: 1,
@@ -129,4 +132,48 @@ Deno.test("lmStep() in micro-batches equals one full-batch step", async () => {
       v.forEach((x, i) => assert.ok(Math.abs(x - w[i]!) < 1e-6, name));
     }
   }
+});
+
+Deno.test("a DynamicTanh fine-tune starts from the base, trains only ln_2 and the MLP, round-trips", async () => {
+  const dir = await Deno.makeTempDir();
+  const train = { ...options("").train, steps: 10, evalEvery: 5 };
+  await trainLm(options(`${dir}/base`, { train }));
+  const base = readGptCheckpoint(`${dir}/base`, await loadCheckpoint(`${dir}/base`));
+  const dyt: GPTConfig = { ...TINY, mlpNorm: "dyt" };
+  const start = {
+    values: finetuneValues({ config: base.config.model, values: base.values }, dyt, 0),
+    trainable: FINETUNE_TRAINABLE.mlp,
+  };
+  await trainLm(options(`${dir}/dyt`, { model: dyt, start, train }));
+  const tuned = await loadGpt(`${dir}/dyt`);
+  assert.equal(tuned.config.model.mlpNorm, "dyt");
+  const after = await tuned.model.parameterValues();
+  assert.deepEqual(
+    [...after.keys()].filter((n) => n.includes("ln_2")),
+    ["h.0.ln_2.alpha", "h.0.ln_2.gamma", "h.0.ln_2.beta"],
+  );
+  for (const [name, v] of base.values) {
+    if (name.includes("mlp") || name.includes("ln_2")) continue;
+    assert.deepEqual(after.get(name), v, `${name} stays frozen`);
+  }
+  for (const name of ["h.0.mlp.c_fc.weight", "h.0.mlp.c_proj.bias"]) {
+    assert.notDeepEqual(after.get(name), base.values.get(name), `${name} trains`);
+  }
+  assert.notEqual(after.get("h.0.ln_2.alpha")![0], 2, "α trains");
+  // The base, a model without DynamicTanh, loads as it was saved.
+  const plain = await loadGpt(`${dir}/base`);
+  assert.equal(plain.config.model.mlpNorm, undefined);
+  assert.deepEqual(await plain.model.parameterValues(), base.values);
+  // Another shape is refused with the field named.
+  assert.throws(
+    () =>
+      finetuneValues({ config: base.config.model, values: base.values }, {
+        ...dyt,
+        dModel: 16,
+      }, 0),
+    /the base model's dModel is 8, the manifest's 16/,
+  );
+  tuned.model.dispose();
+  plain.model.dispose();
+  await Deno.remove(dir, { recursive: true });
 });
