@@ -96,7 +96,7 @@ Deno.test("the quickstart's shape on a tiny model: a short summary, the improvem
     assert.ok((page.dom.match(/class="mark-line role-mark/g)?.length ?? 0) >= 4);
     // The feature browser shows the first SAE's first features with their contexts.
     assert.match(page.dom, /<b>feature 0<\/b> · density \d/);
-    assert.match(page.dom, /<div class="ctx">\s*\d+\.\d{3}  .*<mark>/);
+    assert.match(page.dom, /<div class="ctx">\s*\d+\.\d{3} {2}.*<mark>/);
     const png = await Deno.readFile(shot);
     assert.deepEqual([...png.slice(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
     assert.ok(png.length > 20_000, `screenshot of ${png.length} bytes`);

@@ -41,8 +41,9 @@ export function describeResult(seconds: number, result: SaeRunResult): string {
   const worst = fvus.reduce((a, b) => (b[1] > a[1] ? b : a));
   const low = Math.min(...fvus.map(([, v]) => v));
   const scalar = result.pairs.reduce((s, p) => s + p.scores.model.relative, 0);
+  const ce = result.metrics.run.ce_loss_all_increase;
   return `${formatDuration(seconds)}, fvu ${low.toFixed(3)}–${worst[1].toFixed(3)} ` +
-    `(worst ${worst[0]}), CE +${result.metrics.run.ce_loss_all_increase.toFixed(3)} with all ` +
+    `(worst ${worst[0]}), CE ${ce < 0 ? "" : "+"}${ce.toFixed(3)} with all ` +
     `SAEs` + (result.pairs.length > 0 ? `, relative SCALAR Σ ${scalar.toExponential(2)}` : "");
 }
 
