@@ -35,14 +35,16 @@ export interface NativeOptions {
   cacheDir?: string;
 }
 
-/** An opened native library. */
+/**
+ * An opened native library. It stays loaded for the life of the process (there is no `close`):
+ * unloading a library whose OpenMP threads are parked in libgomp would unmap code they run, a
+ * crash at the next use of OpenMP.
+ */
 export interface NativeLibrary<S extends Deno.ForeignLibraryInterface> {
   /** The functions, as `Deno.dlopen` gives them. */
   readonly symbols: Deno.DynamicLibrary<S>["symbols"];
   /** The compiled library's path in the cache. */
   readonly path: string;
-  /** Unloads the library; its symbols are invalid afterwards. */
-  close(): void;
 }
 
 /** Thrown when a source cannot be compiled or opened; says what to do. */
@@ -52,6 +54,8 @@ export class NativeError extends Error {
 
 // One build per library path and process: concurrent first uses wait for the same compiler run.
 const builds = new Map<string, Promise<void>>();
+// The libraries opened so far, by path and symbol set: each is opened once per process.
+const opened = new Map<string, Deno.DynamicLibrary<Deno.ForeignLibraryInterface>>();
 
 /**
  * Compiles a C source (once per source, compiler command and CPU; later calls find it in the
@@ -75,7 +79,6 @@ const builds = new Map<string, Promise<void>>();
  *   cacheDir: dir,
  * });
  * equal(lib.symbols.add(2, 3), 5);
- * lib.close();
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
@@ -107,9 +110,11 @@ export async function loadNative<const S extends Deno.ForeignLibraryInterface>(
   await build;
   // libgomp reads this when it is loaded, with the library.
   if (Deno.env.get("OMP_WAIT_POLICY") === undefined) Deno.env.set("OMP_WAIT_POLICY", "passive");
+  const handle = `${path}\0${JSON.stringify(symbols)}`;
   try {
-    const lib = Deno.dlopen(path, symbols);
-    return { symbols: lib.symbols, path, close: () => lib.close() };
+    let lib = opened.get(handle);
+    if (lib === undefined) opened.set(handle, lib = Deno.dlopen(path, symbols));
+    return { symbols: lib.symbols as Deno.DynamicLibrary<S>["symbols"], path };
   } catch (e) {
     throw new NativeError(
       `Cannot open native library "${path}" (compiled from "${source}"): ${messageOf(e)}; ` +

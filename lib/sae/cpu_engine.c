@@ -12,6 +12,7 @@
  * adds in a fixed order (a block's rows in order, a feature's pairs in row order, block partials
  * in block order). So any thread count gives the same bits.
  */
+#include <dlfcn.h>
 #include <math.h>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -44,8 +45,72 @@ static inline float dot(const float *a, const float *b, int32_t n) {
   return total;
 }
 
-/* Threads for the OpenMP loops (the OpenBLAS products have their own). */
-void sae_set_threads(int32_t threads) { omp_set_num_threads(threads); }
+/* Rows of C per block of sae_gemm (and of jsae_gelu's product). */
+#define GEMM_ROWS 64
+
+/* cblas_sgemm, and OpenBLAS's thread count (absent from other BLAS libraries). */
+typedef void (*sgemm_t)(int, int, int, int, int, int, float, const float *, int, const float *,
+                        int, float, float *, int);
+static sgemm_t blas_sgemm;
+static void (*blas_set_threads)(int);
+static int (*blas_get_threads)(void);
+
+/*
+ * Finds cblas_sgemm in the BLAS library at path (the one lib/backend/blas.ts opens; held open
+ * from here on). Returns 0 when it cannot.
+ */
+int32_t sae_use_blas(const char *path) {
+  void *lib = dlopen(path, RTLD_NOW);
+  if (lib == NULL) return 0;
+  blas_sgemm = (sgemm_t)dlsym(lib, "cblas_sgemm");
+  blas_set_threads = (void (*)(int))dlsym(lib, "openblas_set_num_threads");
+  blas_get_threads = (int (*)(void))dlsym(lib, "openblas_get_num_threads");
+  return blas_sgemm != NULL;
+}
+
+/* OpenMP threads the loops use: per-thread scratch is allocated for this many. */
+int32_t sae_max_threads(void) { return omp_get_max_threads(); }
+
+/*
+ * Inside the OpenMP loops every thread calls BLAS on its own fixed block, single-threaded
+ * (OpenBLAS splits a product differently for other thread counts, which changes its bits); the
+ * caller's setting is restored after.
+ */
+static int blas_solo(void) {
+  int threads = blas_get_threads != NULL ? blas_get_threads() : 1;
+  if (blas_set_threads != NULL && threads != 1) blas_set_threads(1);
+  return threads;
+}
+
+static void blas_restore(int threads) {
+  if (blas_set_threads != NULL && threads != 1) blas_set_threads(threads);
+}
+
+/* One row-major product C = alpha·op(A)·op(B) + beta·C of rows [r0, r0 + rows) of C. */
+static void gemm_rows(int32_t trans_a, int32_t trans_b, int32_t r0, int32_t rows, int32_t n,
+                      int32_t k, float alpha, const float *a, int32_t lda, const float *b,
+                      int32_t ldb, float beta, float *c, int32_t ldc) {
+  const float *ar = trans_a ? a + r0 : a + (int64_t)r0 * lda;
+  blas_sgemm(101, trans_a ? 112 : 111, trans_b ? 112 : 111, rows, n, k, alpha, ar, lda, b, ldb,
+             beta, c + (int64_t)r0 * ldc, ldc);
+}
+
+/*
+ * C[m × n] = alpha·op(A)·op(B) + beta·C, row-major with cblas_sgemm's arguments, as fixed blocks
+ * of GEMM_ROWS rows of C, one single-threaded BLAS call each: the same bits for any thread count.
+ */
+void sae_gemm(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, int32_t k, float alpha,
+              const float *a, int32_t lda, const float *b, int32_t ldb, float beta, float *c,
+              int32_t ldc) {
+  int32_t blocks = (m + GEMM_ROWS - 1) / GEMM_ROWS;
+  int saved = blas_solo();
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int32_t g = 0; g < blocks; g++) {
+    int32_t rows = (g + 1) * GEMM_ROWS < m ? GEMM_ROWS : m - g * GEMM_ROWS;
+    gemm_rows(trans_a, trans_b, g * GEMM_ROWS, rows, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  blas_restore(saved);
+}
 
 /* xc = x − b_dec, the encoder's input (also what W_enc's gradient multiplies). */
 void sae_center(const float *x, const float *b_dec, int32_t n, int32_t d, float *xc) {
@@ -200,28 +265,36 @@ static void select_row(const float *p, const float *b, int32_t width, int32_t k,
 }
 
 /*
- * TopK of ReLU(pre + b_enc) per row (select_row), written as (index, value) pairs in ascending
- * feature order — zero values included when fewer than k are positive.
+ * The encoder and the selection, per fixed block of `chunk` rows: pre = xc·W_enc (BLAS, into the
+ * thread's own scratch, sized so it stays in cache), then per row the TopK of ReLU(pre + b_enc)
+ * (select_row) as (index, value) pairs in ascending feature order — zero values included when
+ * fewer than k are positive. pre holds `slots` scratch blocks of chunk × width.
  */
-void sae_select(const float *pre, int32_t n, int32_t width, const float *b_enc, int32_t k,
-                int32_t block_rows, int32_t *idx, float *val) {
-  int32_t blocks = (n + block_rows - 1) / block_rows;
-#pragma omp parallel
+void sae_encode(const float *xc, int32_t n, int32_t d, const float *w_enc, int32_t ld,
+                int32_t width, const float *b_enc, int32_t k, int32_t chunk, int32_t slots,
+                float *pre, int32_t *idx, float *val) {
+  int32_t blocks = (n + chunk - 1) / chunk;
+  int saved = blas_solo();
+#pragma omp parallel num_threads(slots)
   {
+    float *mine = pre + (int64_t)omp_get_thread_num() * chunk * width;
     int32_t *bi = malloc(sizeof(int32_t) * (k + 1));
     float *bv = malloc(sizeof(float) * (k + 1));
 #pragma omp for schedule(dynamic, 1)
-    for (int32_t b = 0; b < blocks; b++) {
-      int32_t end = (b + 1) * block_rows < n ? (b + 1) * block_rows : n;
-      for (int64_t r = (int64_t)b * block_rows; r < end; r++) {
-        select_row(pre + r * width, b_enc, width, k, bi, bv);
-        memcpy(idx + r * k, bi, sizeof(int32_t) * k);
-        memcpy(val + r * k, bv, sizeof(float) * k);
+    for (int32_t g = 0; g < blocks; g++) {
+      int32_t r0 = g * chunk, rows = r0 + chunk < n ? chunk : n - r0;
+      blas_sgemm(101, 111, 111, rows, width, d, 1.0f, xc + (int64_t)r0 * d, d, w_enc, ld, 0.0f,
+                 mine, width);
+      for (int64_t r = 0; r < rows; r++) {
+        select_row(mine + r * width, b_enc, width, k, bi, bv);
+        memcpy(idx + (r0 + r) * k, bi, sizeof(int32_t) * k);
+        memcpy(val + (r0 + r) * k, bv, sizeof(float) * k);
       }
     }
     free(bi);
     free(bv);
   }
+  blas_restore(saved);
 }
 
 /*
@@ -394,25 +467,29 @@ void sae_adamw(float *p, const float *g, float *m, float *v, int64_t length, int
 }
 
 /*
- * JSAE: GELU′ of the MLP pre-activation, in place: z holds x·W_fc (rows of m), b_fc is added
- * here; GELU′ in lib/sae/jacobian.ts's sigmoid form s·(1 + 2c·z·(1 − s)(1 + 3a·z²)), s = σ(2u).
+ * JSAE: GELU′ of the clean MLP pre-activation z = x·W_fc + b_fc, per fixed block of GEMM_ROWS
+ * rows (the product in BLAS, then GELU′ while the block is in cache), in lib/sae/jacobian.ts's
+ * sigmoid form s·(1 + 2c·z·(1 − s)(1 + 3a·z²)), s = σ(2u). g is [n][m].
  */
-void jsae_gelu_grad(float *z, const float *b_fc, int32_t n, int32_t m) {
+void jsae_gelu(const float *x, int32_t n, int32_t d, const float *w_fc, const float *b_fc,
+               int32_t m, float *g) {
   const float c2 = 1.5957691216057308f; /* 2·√(2/π) */
   const float a = 0.044715f;
-  int64_t total = (int64_t)n * m;
-  int64_t blocks = (total + ELEMENT_BLOCK - 1) / ELEMENT_BLOCK;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; b++) {
-    int64_t end = (b + 1) * ELEMENT_BLOCK < total ? (b + 1) * ELEMENT_BLOCK : total;
-    for (int64_t e = b * ELEMENT_BLOCK; e < end; e++) {
-      float x = z[e] + b_fc[e % m];
-      float x2 = x * x;
-      float s = 1.0f / (1.0f + expf(-(x * (x2 * (c2 * a) + c2))));
-      float w = (x * (1.0f - s)) * (x2 * (3.0f * a * c2) + c2);
-      z[e] = s * (w + 1.0f);
+  int32_t blocks = (n + GEMM_ROWS - 1) / GEMM_ROWS;
+  int saved = blas_solo();
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int32_t b = 0; b < blocks; b++) {
+    int32_t rows = (b + 1) * GEMM_ROWS < n ? GEMM_ROWS : n - b * GEMM_ROWS;
+    gemm_rows(0, 0, b * GEMM_ROWS, rows, m, d, 1.0f, x, d, w_fc, m, 0.0f, g, m);
+    for (int64_t e = (int64_t)b * GEMM_ROWS * m; e < ((int64_t)b * GEMM_ROWS + rows) * m; e++) {
+      float z = g[e] + b_fc[e % m];
+      float z2 = z * z;
+      float s = 1.0f / (1.0f + expf(-(z * (z2 * (c2 * a) + c2))));
+      float w = (z * (1.0f - s)) * (z2 * (3.0f * a * c2) + c2);
+      g[e] = s * (w + 1.0f);
     }
   }
+  blas_restore(saved);
 }
 
 /*

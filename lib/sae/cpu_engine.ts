@@ -17,7 +17,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { type BlasLibrary, openBlas } from "../backend/blas.ts";
+import { openBlas } from "../backend/blas.ts";
 import { loadNative, type NativeLibrary } from "../backend/native.ts";
 import type { AdamWState } from "../optim/adamw.ts";
 import type { SaeConfig, SaeSet } from "./architectures.ts";
@@ -51,10 +51,21 @@ export interface CpuSaeEngineOptions {
 
 /** The C kernels of `cpu_engine.c`, as `Deno.dlopen` symbols. */
 export const CPU_ENGINE_SYMBOLS = {
-  sae_set_threads: { parameters: ["i32"], result: "void" },
+  sae_use_blas: { parameters: ["buffer"], result: "i32" },
+  sae_max_threads: { parameters: [], result: "i32" },
+  sae_gemm: {
+    parameters: [
+      ...["i32", "i32", "i32", "i32", "i32", "f32"],
+      ...["buffer", "i32", "buffer", "i32", "f32", "buffer", "i32"],
+    ],
+    result: "void",
+  },
   sae_center: { parameters: ["buffer", "buffer", "i32", "i32", "buffer"], result: "void" },
-  sae_select: {
-    parameters: ["buffer", "i32", "i32", "buffer", "i32", "i32", "buffer", "buffer"],
+  sae_encode: {
+    parameters: [
+      ...["buffer", "i32", "i32", "buffer", "i32", "i32", "buffer", "i32", "i32", "i32"],
+      ...["buffer", "buffer", "buffer"],
+    ],
     result: "void",
   },
   sae_decode: {
@@ -86,7 +97,10 @@ export const CPU_ENGINE_SYMBOLS = {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "buffer"],
     result: "void",
   },
-  jsae_gelu_grad: { parameters: ["buffer", "buffer", "i32", "i32"], result: "void" },
+  jsae_gelu: {
+    parameters: ["buffer", "i32", "i32", "buffer", "buffer", "i32", "buffer"],
+    result: "void",
+  },
   jsae_forward: {
     parameters: [
       ...["buffer", "buffer", "buffer", "buffer", "buffer"],
@@ -107,10 +121,29 @@ type Kernels = NativeLibrary<typeof CPU_ENGINE_SYMBOLS>["symbols"];
 
 /** Rows per partial-sum block (losses, L0, b_dec's column sums, |J|): fixed, for determinism. */
 export const BLOCK_ROWS = 256;
-/** Rows per encoder product: 1,024 × 512 pre-activations (2 MiB) stay in cache for selection. */
-export const ENCODER_ROWS = 1024;
-// Rows per scheduling unit of the selection (no sums: any split gives the same result).
-const SELECT_ROWS = 64;
+// Pre-activations per encoder block (512 KiB): a block stays in its core's cache from the product
+// to the selection.
+const ENCODER_FLOATS = 131_072;
+
+/**
+ * Rows per encoder block for an SAE of `width` features: a multiple of 16 from 16 to 256 whose
+ * pre-activations fit 512 KiB (256 rows at the toy's 512 features).
+ *
+ * @param width Features.
+ * @returns Rows per block.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { encoderRows } from "./cpu_engine.ts";
+ * equal(encoderRows(512), 256);
+ * equal(encoderRows(1024), 128);
+ * equal(encoderRows(24_576), 16);
+ * ```
+ */
+export function encoderRows(width: number): number {
+  return Math.min(256, Math.max(16, Math.floor(ENCODER_FLOATS / width / 16) * 16));
+}
 
 /** The architectures the engine trains (`jsae` given its MLPs). */
 export const CPU_ENGINE_ARCHITECTURES: readonly string[] = [
@@ -171,12 +204,28 @@ interface Shared {
   dpre: Float32Array;
 }
 
-/** The engine; create with {@link CpuSaeEngine.create}. */
+/**
+ * The engine; create with {@link CpuSaeEngine.create}.
+ *
+ * @example One step of a small TopK SAE pair
+ * ```ts
+ * import { ok } from "node:assert/strict";
+ * import { buildSaes, type SaeConfig } from "./architectures.ts";
+ * import { CpuSaeEngine } from "./cpu_engine.ts";
+ * import { layoutPosition } from "./positions.ts";
+ * const sae: SaeConfig = { arch: "topk", features: 32, k: 4, jsaeLambda: 0 };
+ * const saes = buildSaes(sae, layoutPosition("mlp", 1), 8, 0);
+ * const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0 };
+ * const engine = await CpuSaeEngine.create({ saes, sae, rows: 64, adam, gradClip: 1 });
+ * const x = Float32Array.from({ length: 64 * 8 }, (_, i) => Math.sin(i));
+ * const figures = await engine.step(new Map(saes.hooks.map((h) => [h, x])), 1e-3, true);
+ * // Two losses, then two L0s of at most k.
+ * ok(figures!.length === 4 && figures![0]! > 0 && figures![2]! <= 4);
+ * ```
+ */
 export class CpuSaeEngine {
   readonly #o: CpuSaeEngineOptions;
-  readonly #native: NativeLibrary<typeof CPU_ENGINE_SYMBOLS>;
   readonly #k: Kernels;
-  readonly #blas: BlasLibrary;
   readonly #layout: ParamLayout;
   readonly #flat: Flat;
   readonly #shared: Shared;
@@ -185,13 +234,14 @@ export class CpuSaeEngine {
   readonly #hooks: HookState[];
   readonly #pairs: PairState[];
   readonly #adamConstants = new Float32Array(10);
+  // Per-thread encoder scratch blocks in the shared pre-activation buffer.
+  readonly #slots: number;
   #batch: ReadonlyMap<string, Float32Array> | undefined;
   #step = 0;
 
   private constructor(
     o: CpuSaeEngineOptions,
-    native: NativeLibrary<typeof CPU_ENGINE_SYMBOLS>,
-    blas: BlasLibrary,
+    kernels: Kernels,
     parts: {
       layout: ParamLayout;
       flat: Flat;
@@ -203,9 +253,8 @@ export class CpuSaeEngine {
     },
   ) {
     this.#o = o;
-    this.#native = native;
-    this.#k = native.symbols;
-    this.#blas = blas;
+    this.#k = kernels;
+    this.#slots = kernels.sae_max_threads();
     ({
       layout: this.#layout,
       flat: this.#flat,
@@ -245,9 +294,7 @@ export class CpuSaeEngine {
     if (!(Number.isInteger(k) && k >= 1 && o.saes.hooks.every((h) => k <= o.saes.width(h)))) {
       throw new RangeError(`Cannot keep k = ${k} features: need 1 ≤ k ≤ every SAE's width`);
     }
-    const blas = openBlas();
-    if ("error" in blas) throw new Error(`Cannot start the CPU SAE engine: ${blas.error}`);
-    const native = await loadNative(new URL("./cpu_engine.c", import.meta.url), CPU_ENGINE_SYMBOLS);
+    const kernels = await openKernels();
     const layout = layoutParams(o.saes, o.sae, o.adam.decays);
     const flat = {
       params: new Float32Array(layout.length),
@@ -265,10 +312,12 @@ export class CpuSaeEngine {
     }
     const rows = Math.min(micro, o.rows);
     const d = layout.saes[0]!.d;
-    const maxWidth = Math.max(...layout.saes.map((s) => s.width));
     const shared = {
       xc: new Float32Array(rows * d),
-      pre: new Float32Array(Math.min(rows, ENCODER_ROWS) * maxWidth),
+      pre: new Float32Array(
+        kernels.sae_max_threads() *
+          Math.max(...layout.saes.map((s) => encoderRows(s.width) * s.width)),
+      ),
       dxhat: new Float32Array(rows * d),
       dpre: new Float32Array(rows * k),
     };
@@ -285,7 +334,7 @@ export class CpuSaeEngine {
     const pairs = await Promise.all(
       (o.jacobian?.pairs ?? []).map((p) => pairState(p, o.jacobian!.mlp(p), hooks, rows, blocks)),
     );
-    const engine = new CpuSaeEngine(o, native, blas, {
+    const engine = new CpuSaeEngine(o, kernels, {
       layout,
       flat,
       shared,
@@ -313,7 +362,8 @@ export class CpuSaeEngine {
    * @throws {RangeError} If a hook's batch is missing or has another size, or no batch was given
    *   yet.
    */
-  step(
+  // deno-lint-ignore require-await -- async so that a bad batch rejects, as the GPU engine's does
+  async step(
     batch: ReadonlyMap<string, Float32Array> | undefined,
     lr: number,
     report: boolean,
@@ -330,7 +380,7 @@ export class CpuSaeEngine {
     for (const p of this.#pairs) this.#jacobianGrads(p);
     for (const h of this.#hooks) this.#biasGrad(h);
     this.#optimize(lr);
-    return Promise.resolve(report ? this.#figures() : undefined);
+    return report ? this.#figures() : undefined;
   }
 
   // The step's activations per hook, in hook order, checked.
@@ -362,32 +412,10 @@ export class CpuSaeEngine {
     const n = micro.count;
     const x = batch.subarray(micro.offset * d, (micro.offset + n) * d);
     this.#k.sae_center(x, params.subarray(bDec), n, d, xc);
-    for (let first = 0; first < n; first += ENCODER_ROWS) {
-      const rows = Math.min(ENCODER_ROWS, n - first);
-      this.#blas.sgemm({
-        transA: false,
-        transB: false,
-        m: rows,
-        n: width,
-        k: d,
-        a: xc,
-        aOffset: first * d,
-        b: params,
-        bOffset: wEnc,
-        ldb: ld,
-        c: pre,
-      });
-      this.#k.sae_select(
-        pre,
-        rows,
-        width,
-        params.subarray(bEnc),
-        k,
-        SELECT_ROWS,
-        h.idx.subarray(first * k),
-        h.val.subarray(first * k),
-      );
-    }
+    this.#k.sae_encode(
+      ...[xc, n, d, params.subarray(wEnc), ld, width, params.subarray(bEnc), k] as const,
+      ...[encoderRows(width), this.#slots, pre, h.idx, h.val] as const,
+    );
     this.#k.sae_decode(
       x,
       params.subarray(wDec),
@@ -476,14 +504,23 @@ export class CpuSaeEngine {
     const { params } = this.#flat;
     const { up, down, m } = p;
     const d = up.view.d;
-    this.#blas.sgemm({
-      ...{ transA: false, transB: false, m: up.view.width, n: m, k: d },
-      ...{ a: params, aOffset: up.view.wDec, b: p.wFc, c: p.a },
-    });
-    this.#blas.sgemm({
-      ...{ transA: true, transB: true, m: down.view.width, n: m, k: d },
-      ...{ a: params, aOffset: down.view.wEnc, lda: down.view.ld, b: p.wProj, c: p.bt },
-    });
+    const { wDec } = up.view, { wEnc, ld } = down.view;
+    this.#k.sae_gemm(0, 0, up.view.width, m, d, 1, params.subarray(wDec), d, p.wFc, m, 0, p.a, m);
+    this.#k.sae_gemm(
+      1,
+      1,
+      down.view.width,
+      m,
+      d,
+      1,
+      params.subarray(wEnc),
+      ld,
+      p.wProj,
+      d,
+      0,
+      p.bt,
+      m,
+    );
     p.da.fill(0);
     p.dbt.fill(0);
   }
@@ -498,11 +535,7 @@ export class CpuSaeEngine {
     const { up, down, m } = p;
     const { d, k } = up.view;
     const n = micro.count;
-    this.#blas.sgemm({
-      ...{ transA: false, transB: false, m: n, n: m, k: d },
-      ...{ a: x, aOffset: micro.offset * d, b: p.wFc, c: p.g },
-    });
-    this.#k.jsae_gelu_grad(p.g, p.bFc, n, m);
+    this.#k.jsae_gelu(x.subarray(micro.offset * d), n, d, p.wFc, p.bFc, m, p.g);
     const scale = Math.fround(this.#o.jacobian!.lambda) / (k * k);
     this.#k.jsae_forward(
       ...[up.idx, down.idx, p.a, p.bt, p.g, n, k, m, scale, BLOCK_ROWS] as const,
@@ -541,14 +574,23 @@ export class CpuSaeEngine {
     const { grads } = this.#flat;
     const { up, down, m } = p;
     const d = up.view.d;
-    this.#blas.sgemm({
-      ...{ transA: false, transB: true, m: up.view.width, n: d, k: m, beta: 1 },
-      ...{ a: p.da, b: p.wFc, c: grads, cOffset: up.view.wDec },
-    });
-    this.#blas.sgemm({
-      ...{ transA: true, transB: true, m: d, n: down.view.width, k: m, beta: 1 },
-      ...{ a: p.wProj, b: p.dbt, c: grads, cOffset: down.view.wEnc, ldc: down.view.ld },
-    });
+    const { wDec } = up.view, { wEnc, ld } = down.view;
+    this.#k.sae_gemm(0, 1, up.view.width, d, m, 1, p.da, m, p.wFc, m, 1, grads.subarray(wDec), d);
+    this.#k.sae_gemm(
+      1,
+      1,
+      d,
+      down.view.width,
+      m,
+      1,
+      p.wProj,
+      d,
+      p.dbt,
+      m,
+      1,
+      grads.subarray(wEnc),
+      ld,
+    );
   }
 
   /**
@@ -605,10 +647,12 @@ export class CpuSaeEngine {
     this.#step = state.step;
   }
 
-  /** Closes the native kernels and OpenBLAS. */
+  /**
+   * Drops the step's last batch. The kernels and OpenBLAS stay loaded for the process
+   * (`lib/backend/native.ts` says why); the buffers go with the engine.
+   */
   dispose(): void {
-    this.#native.close();
-    this.#blas.close();
+    this.#batch = undefined;
   }
 
   #unflatten(
@@ -622,6 +666,21 @@ export class CpuSaeEngine {
       ]),
     );
   }
+}
+
+// The C kernels, with the BLAS library blas.ts finds handed to them (they call it per block).
+async function openKernels(): Promise<Kernels> {
+  const blas = openBlas();
+  if ("error" in blas) throw new Error(`Cannot start the CPU SAE engine: ${blas.error}`);
+  const source = new URL("./cpu_engine.c", import.meta.url);
+  const kernels = (await loadNative(source, CPU_ENGINE_SYMBOLS)).symbols;
+  // The kernels open the library themselves (and keep it) before this handle is released.
+  const found = kernels.sae_use_blas(new TextEncoder().encode(`${blas.path}\0`));
+  blas.close();
+  if (found === 0) {
+    throw new Error(`Cannot start the CPU SAE engine: no cblas_sgemm in "${blas.path}"`);
+  }
+  return kernels;
 }
 
 // Copies the SAE set's variables into the flat parameter array.

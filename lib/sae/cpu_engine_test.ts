@@ -3,7 +3,7 @@ import * as tf from "@tensorflow/tfjs";
 import { AdamW } from "../optim/adamw.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 import { buildSaes, type SaeConfig, type SaeSet } from "./architectures.ts";
-import { BLOCK_ROWS, CpuSaeEngine, ENCODER_ROWS } from "./cpu_engine.ts";
+import { BLOCK_ROWS, CpuSaeEngine, encoderRows } from "./cpu_engine.ts";
 import { layoutPosition, type Position } from "./positions.ts";
 import { type ReferenceJacobian, referenceStep } from "./testdata/reference_step.ts";
 
@@ -126,7 +126,7 @@ const cases: Case[] = [
     position: "mlp",
     nLayer: 1,
     d: 20,
-    rows: ENCODER_ROWS + BLOCK_ROWS + 37,
+    rows: 4 * encoderRows(70) + BLOCK_ROWS + 37,
     gradClip: 1e3,
   },
   {
@@ -251,3 +251,72 @@ for (const c of cases) {
     theirs.dispose();
   });
 }
+
+Deno.test("CPU engine gives the same bits with 1 and 2 threads (OpenMP and OpenBLAS)", async () => {
+  const digest = async (threads: string) => {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", new URL("./testdata/engine_digest.ts", import.meta.url).href],
+      env: { OMP_NUM_THREADS: threads, OPENBLAS_NUM_THREADS: threads },
+    }).output();
+    assert.equal(code, 0, new TextDecoder().decode(stderr));
+    return new TextDecoder().decode(stdout).trim();
+  };
+  const [one, two] = [await digest("1"), await digest("2")];
+  assert.match(one, /^[0-9a-f]{64}$/);
+  assert.equal(two, one);
+});
+
+Deno.test("CPU engine: a run stopped and resumed from state() ends bit-exact with one that was not", async () => {
+  const c = cases.find((c) => c.name.startsWith("jsae"))!;
+  const { ours, theirs, batches, jacobian } = prepare(c);
+  const whole = await engineFor(c, ours, jacobian);
+  for (const [s, lr] of LR.entries()) await whole.step(batches[s], lr, false);
+  // The other run stops after one step: its parameters go back into the SAE set (as a checkpoint
+  // restores them) and a new engine continues from the saved moments.
+  const first = await engineFor(c, theirs, jacobian);
+  await first.step(batches[0], LR[0]!, false);
+  const saved = await first.state();
+  await first.writeBack();
+  first.dispose();
+  const resumed = await engineFor(c, theirs, jacobian);
+  await resumed.load(saved);
+  for (let s = 1; s < LR.length; s++) await resumed.step(batches[s], LR[s]!, false);
+  assert.deepEqual(await resumed.params(), await whole.params());
+  assert.deepEqual(await resumed.state(), await whole.state());
+  ours.dispose();
+  theirs.dispose();
+});
+
+Deno.test("CPU engine refuses what it cannot train, naming the problem", async () => {
+  const c = cases[0]!;
+  const { ours, batches } = prepare(c);
+  await assert.rejects(
+    CpuSaeEngine.create({
+      saes: ours,
+      sae: { ...c.sae, arch: "jsae" },
+      rows: c.rows,
+      adam: { ...adam, weightDecay: 0 },
+      gradClip: 1,
+    }),
+    /Cannot train "jsae" SAEs on the CPU engine without the MLPs of the Jacobian term/,
+  );
+  await assert.rejects(
+    engineFor({ ...c, sae: topk(70, 71) }, ours),
+    /Cannot keep k = 71 features: need 1 ≤ k ≤ every SAE's width/,
+  );
+  await assert.rejects(
+    engineFor({ ...c, microRows: 0 }, ours),
+    /Cannot train on 1317 rows per step in passes of 0/,
+  );
+  const engine = await engineFor(c, ours);
+  await assert.rejects(
+    engine.step(undefined, 1e-3, true),
+    /Cannot train "blocks.0.hook_mlp_in": its batch has no values, not 1317 × 20/,
+  );
+  const hook = [...batches[0]!.keys()][0]!;
+  await assert.rejects(
+    engine.step(new Map([[hook, new Float32Array(5)]]), 1e-3, true),
+    /Cannot train "blocks.0.hook_mlp_in": its batch has 5 values, not 1317 × 20/,
+  );
+  ours.dispose();
+});
