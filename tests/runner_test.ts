@@ -29,6 +29,16 @@ Deno.test({
       "csv",
     );
     assert.equal(counts.stdout.trim(), "runs,curves,saes\n2,true,2");
+    // Each run records its SAE stepper: the CPU engine on wasm (the tfjs reference where it cannot
+    // start, e.g. without a C compiler).
+    const steppers = await cli(
+      dir,
+      "query",
+      "select distinct stepper from runs",
+      "--format",
+      "csv",
+    );
+    assert.match(steppers.stdout.trim(), /^stepper\n(cpu|tfjs)$/, steppers.stdout);
     // The Staircase diagnostics land with the pair metrics: for TopK's equal widths every active
     // downstream latent is in the "shared" chunk.
     const diagnostics = await cli(
