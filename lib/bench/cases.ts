@@ -90,19 +90,21 @@ export function saeTopkStep(seed = 0): BenchCase {
  *
  * @param gpu The device.
  * @param seed Seed of the data and initial weights.
+ * @param tokens Rows per step (fewer than the paper's only to check the path on a software adapter).
  * @returns The prepared case, which can also time one step kernel by kernel (`profile`) and
  *   steps submitted back to back, read once at the end (`backToBack`: ms per step).
  */
 export async function saeEngineStep(
   gpu: Gpu,
   seed = 0,
+  tokens: number = SAE_CASE.tokens,
 ): Promise<
   BenchCase & {
     profile(): Promise<{ kernel: string; ms: number }[] | undefined>;
     backToBack(steps: number): Promise<number>;
   }
 > {
-  const { tokens, d, features, k } = SAE_CASE;
+  const { d, features, k } = SAE_CASE;
   const sae: SaeConfig = { arch: "topk", features, k, jsaeLambda: 0 };
   const saes = buildSaes(
     sae,

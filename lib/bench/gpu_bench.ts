@@ -59,11 +59,13 @@ const RUN_STEPS = SAE_TRAIN_DEFAULTS.steps;
  * @param config Which.
  * @param reps Timed steps per case after warm-up.
  * @param runSteps Steps each training run takes (its time is scaled to 7,500 steps).
+ * @param engineTokens Rows of the engine's step (default the paper's 16,384).
  */
 export async function runGpuConfig(
   config: GpuConfig,
   reps: number,
   runSteps: number,
+  engineTokens?: number,
 ): Promise<void> {
   const gpu = await requestGpu();
   if (typeof gpu === "string") throw new Error(`Cannot run the GPU bench: ${gpu}`);
@@ -71,7 +73,7 @@ export async function runGpuConfig(
   // tfjs cpu holds the SAEs' variables here; its first-use banner would only advertise tfjs-node.
   (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
   if (config === "engine") {
-    const c = await saeEngineStep(gpu, 0);
+    const c = await saeEngineStep(gpu, 0, engineTokens);
     const { medianMs } = await timeCase(c, reps);
     // Each timed step waits for its loss, as PyTorch's synchronised step does; back to back
     // shows what the GPU sustains when only periodic losses are read, as in training.
@@ -184,10 +186,65 @@ export interface GpuBenchOptions {
   childArgs: string[];
   /** Path of `tests/bench/peer_torch.py`. */
   peerScript: string;
+  /**
+   * Rounds of the engine's step and the PyTorch CUDA peer's, one after the other, so that a
+   * clock change or a neighbour's load hits both alike; each figure is its median over the
+   * rounds. The other configurations run once. @default 1
+   */
+  rounds?: number;
+  /** The configurations to time. @default GPU_CONFIGS */
+  configs?: readonly GpuConfig[];
+  /** Rows of the engine's step, fewer than the paper's only to test the path on llvmpipe. */
+  engineTokens?: number;
 }
 
 /**
- * Runs every configuration in a child process, then the PyTorch CUDA peer, and prints the rows.
+ * The median of each case's values over rounds.
+ *
+ * @param values Case key → one value per round.
+ * @returns Case key → the median (the upper one of an even count).
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { medians } from "./gpu_bench.ts";
+ * deepEqual(medians(new Map([["a", [3, 1, 2]], ["b", [4, 8]]])), new Map([["a", 2], ["b", 8]]));
+ * ```
+ */
+export function medians(values: ReadonlyMap<string, readonly number[]>): Map<string, number> {
+  return new Map(
+    [...values].map(([key, v]) => [key, [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!]),
+  );
+}
+
+/** Times one configuration in a child process. */
+async function timeConfig(
+  o: GpuBenchOptions,
+  config: GpuConfig,
+  runSteps: number,
+): Promise<GpuTiming[]> {
+  console.error(`timing ${config}…`);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      ...o.childArgs,
+      "--only",
+      config,
+      "--reps",
+      String(o.reps),
+      "--run-steps",
+      String(runSteps),
+      ...(o.engineTokens === undefined ? [] : ["--engine-tokens", String(o.engineTokens)]),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`Cannot time configuration "${config}": its process failed`);
+  return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+/**
+ * Runs the configurations in child processes and the PyTorch CUDA peer, the engine and the peer
+ * interleaved over `rounds`, and prints the rows (medians over the rounds).
  *
  * @param o Options.
  * @returns The exit code.
@@ -204,51 +261,58 @@ export async function gpuBench(o: GpuBenchOptions): Promise<number> {
       `check that the GPU path runs, they say nothing about GPU speed`
     : `adapter: ${gpu.adapter}`;
   console.error(note);
-  const timings: GpuTiming[] = [];
-  for (const config of GPU_CONFIGS) {
-    console.error(`timing ${config}…`);
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        ...o.childArgs,
-        "--only",
-        config,
-        "--reps",
-        String(o.reps),
-        "--run-steps",
-        String(runSteps),
-      ],
-      stdout: "piped",
-      stderr: "inherit",
-    }).output();
-    if (!out.success) throw new Error(`Cannot time configuration "${config}": its process failed`);
-    timings.push(
-      ...new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => JSON.parse(l)),
-    );
+  const configs = o.configs ?? GPU_CONFIGS;
+  const rounds = o.rounds ?? 1;
+  const ours = new Map<string, number[]>(), peers = new Map<string, number[]>();
+  const first = new Map<string, GpuTiming>();
+  const add = (m: Map<string, number[]>, key: string, ms: number) =>
+    m.set(key, [...(m.get(key) ?? []), ms]);
+  for (let round = 0; round < rounds; round++) {
+    for (const config of configs.filter((c) => round === 0 || c === "engine")) {
+      for (const t of await timeConfig(o, config, runSteps)) {
+        const key = `${t.config} ${t.name}`;
+        if (!first.has(key)) first.set(key, t);
+        add(ours, key, t.ms);
+      }
+    }
+    console.error(`timing the PyTorch CUDA peer (round ${round + 1} of ${rounds})…`);
+    const peer = await torchPeer(o.peerScript, ["--device", "cuda", "--reps", String(o.reps)]);
+    if (typeof peer === "string") {
+      console.error(`peer skipped: ${peer}`);
+      continue;
+    }
+    for (const [name, ms] of peer) add(peers, name, ms);
   }
-  console.error("timing the PyTorch CUDA peer…");
-  const peer = await torchPeer(o.peerScript, ["--device", "cuda", "--reps", String(o.reps)]);
-  if (typeof peer === "string") console.error(`peer skipped: ${peer}`);
-  const rows = gpuRows(timings, typeof peer === "string" ? new Map() : peer);
+  const oursMs = medians(ours);
+  const timings = [...first].map(([key, t]) => ({
+    ...t,
+    ms: oursMs.get(key)!,
+    detail: ours.get(key)!.length > 1
+      ? `${t.detail}; median of ${ours.get(key)!.length} rounds interleaved with the peer`
+      : t.detail,
+  }));
+  const rows = gpuRows(timings, medians(peers));
   if (o.json) {
     for (const r of rows) console.log(JSON.stringify(r));
     return 0;
   }
   console.log(note);
   for (const line of formatRows(rows)) console.log(line);
-  const ours = timings.find((t) => t.config === "engine")!;
-  const stock = timings.find((t) => t.config === "stock-webgpu" && t.name === ours.name);
-  if (stock) {
+  const engine = timings.find((t) => t.config === "engine");
+  const stock = timings.find((t) => t.config === "stock-webgpu" && t.name === engine?.name);
+  if (engine && stock) {
     console.log(
-      `speed-up of the engine over stock tfjs webgpu on ${ours.name}: ${
-        (stock.ms / ours.ms).toFixed(1)
+      `speed-up of the engine over stock tfjs webgpu on ${engine.name}: ${
+        (stock.ms / engine.ms).toFixed(1)
       }×`,
     );
   }
-  console.log(`ours: ${ours.detail}`);
-  if (ours.kernels) {
+  if (!engine) return 0;
+  console.log(`ours: ${engine.detail}`);
+  if (engine.kernels) {
     console.log(
       `one engine step by kernel (GPU timestamps): ` +
-        ours.kernels.map((k) => `${k.kernel} ${k.ms.toFixed(3)} ms`).join(", "),
+        engine.kernels.map((k) => `${k.kernel} ${k.ms.toFixed(3)} ms`).join(", "),
     );
   }
   return 0;
