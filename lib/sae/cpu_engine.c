@@ -45,7 +45,7 @@ static inline float dot(const float *a, const float *b, int32_t n) {
   return total;
 }
 
-/* Rows of C per block of sae_gemm (and of jsae_gelu's product). */
+/* Rows per block of jsae_gelu's product. */
 #define GEMM_ROWS 64
 
 /* cblas_sgemm, and OpenBLAS's thread count (absent from other BLAS libraries). */
@@ -97,17 +97,17 @@ static void gemm_rows(int32_t trans_a, int32_t trans_b, int32_t r0, int32_t rows
 
 /*
  * C[m × n] = alpha·op(A)·op(B) + beta·C, row-major with cblas_sgemm's arguments, as fixed blocks
- * of GEMM_ROWS rows of C, one single-threaded BLAS call each: the same bits for any thread count.
+ * of block_rows rows of C, one single-threaded BLAS call each: the same bits for any thread count.
  */
 void sae_gemm(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, int32_t k, float alpha,
               const float *a, int32_t lda, const float *b, int32_t ldb, float beta, float *c,
-              int32_t ldc) {
-  int32_t blocks = (m + GEMM_ROWS - 1) / GEMM_ROWS;
+              int32_t ldc, int32_t block_rows) {
+  int32_t blocks = (m + block_rows - 1) / block_rows;
   int saved = blas_solo();
 #pragma omp parallel for schedule(dynamic, 1)
   for (int32_t g = 0; g < blocks; g++) {
-    int32_t rows = (g + 1) * GEMM_ROWS < m ? GEMM_ROWS : m - g * GEMM_ROWS;
-    gemm_rows(trans_a, trans_b, g * GEMM_ROWS, rows, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    int32_t rows = (g + 1) * block_rows < m ? block_rows : m - g * block_rows;
+    gemm_rows(trans_a, trans_b, g * block_rows, rows, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
   blas_restore(saved);
 }

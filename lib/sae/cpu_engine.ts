@@ -56,7 +56,7 @@ export const CPU_ENGINE_SYMBOLS = {
   sae_gemm: {
     parameters: [
       ...["i32", "i32", "i32", "i32", "i32", "f32"],
-      ...["buffer", "i32", "buffer", "i32", "f32", "buffer", "i32"],
+      ...["buffer", "i32", "buffer", "i32", "f32", "buffer", "i32", "i32"],
     ],
     result: "void",
   },
@@ -117,10 +117,13 @@ export const CPU_ENGINE_SYMBOLS = {
   },
 } as const;
 
-type Kernels = NativeLibrary<typeof CPU_ENGINE_SYMBOLS>["symbols"];
+/** The engine's C kernels, as `Deno.dlopen` gives them (see {@link cpuEngineKernels}). */
+export type CpuEngineKernels = NativeLibrary<typeof CPU_ENGINE_SYMBOLS>["symbols"];
 
 /** Rows per partial-sum block (losses, L0, b_dec's column sums, |J|): fixed, for determinism. */
 export const BLOCK_ROWS = 256;
+// Rows per block of the other products (each block one single-threaded BLAS call).
+const GEMM_ROWS = 64;
 // Pre-activations per encoder block (512 KiB): a block stays in its core's cache from the product
 // to the selection.
 const ENCODER_FLOATS = 131_072;
@@ -225,7 +228,7 @@ interface Shared {
  */
 export class CpuSaeEngine {
   readonly #o: CpuSaeEngineOptions;
-  readonly #k: Kernels;
+  readonly #k: CpuEngineKernels;
   readonly #layout: ParamLayout;
   readonly #flat: Flat;
   readonly #shared: Shared;
@@ -241,7 +244,7 @@ export class CpuSaeEngine {
 
   private constructor(
     o: CpuSaeEngineOptions,
-    kernels: Kernels,
+    kernels: CpuEngineKernels,
     parts: {
       layout: ParamLayout;
       flat: Flat;
@@ -294,7 +297,7 @@ export class CpuSaeEngine {
     if (!(Number.isInteger(k) && k >= 1 && o.saes.hooks.every((h) => k <= o.saes.width(h)))) {
       throw new RangeError(`Cannot keep k = ${k} features: need 1 ≤ k ≤ every SAE's width`);
     }
-    const kernels = await openKernels();
+    const kernels = await cpuEngineKernels();
     const layout = layoutParams(o.saes, o.sae, o.adam.decays);
     const flat = {
       params: new Float32Array(layout.length),
@@ -505,22 +508,8 @@ export class CpuSaeEngine {
     const { up, down, m } = p;
     const d = up.view.d;
     const { wDec } = up.view, { wEnc, ld } = down.view;
-    this.#k.sae_gemm(0, 0, up.view.width, m, d, 1, params.subarray(wDec), d, p.wFc, m, 0, p.a, m);
-    this.#k.sae_gemm(
-      1,
-      1,
-      down.view.width,
-      m,
-      d,
-      1,
-      params.subarray(wEnc),
-      ld,
-      p.wProj,
-      d,
-      0,
-      p.bt,
-      m,
-    );
+    this.#gemm(0, 0, up.view.width, m, d, params.subarray(wDec), d, p.wFc, m, 0, p.a, m);
+    this.#gemm(1, 1, down.view.width, m, d, params.subarray(wEnc), ld, p.wProj, d, 0, p.bt, m);
     p.da.fill(0);
     p.dbt.fill(0);
   }
@@ -575,22 +564,26 @@ export class CpuSaeEngine {
     const { up, down, m } = p;
     const d = up.view.d;
     const { wDec } = up.view, { wEnc, ld } = down.view;
-    this.#k.sae_gemm(0, 1, up.view.width, d, m, 1, p.da, m, p.wFc, m, 1, grads.subarray(wDec), d);
-    this.#k.sae_gemm(
-      1,
-      1,
-      d,
-      down.view.width,
-      m,
-      1,
-      p.wProj,
-      d,
-      p.dbt,
-      m,
-      1,
-      grads.subarray(wEnc),
-      ld,
-    );
+    this.#gemm(0, 1, up.view.width, d, m, p.da, m, p.wFc, m, 1, grads.subarray(wDec), d);
+    this.#gemm(1, 1, d, down.view.width, m, p.wProj, d, p.dbt, m, 1, grads.subarray(wEnc), ld);
+  }
+
+  // C = op(A)·op(B) + beta·C, cblas_sgemm's row-major arguments, in blocks of GEMM_ROWS rows.
+  #gemm(
+    transA: number,
+    transB: number,
+    m: number,
+    n: number,
+    k: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void {
+    this.#k.sae_gemm(transA, transB, m, n, k, 1, a, lda, b, ldb, beta, c, ldc, GEMM_ROWS);
   }
 
   /**
@@ -668,8 +661,25 @@ export class CpuSaeEngine {
   }
 }
 
-// The C kernels, with the BLAS library blas.ts finds handed to them (they call it per block).
-async function openKernels(): Promise<Kernels> {
+/**
+ * The engine's C kernels (`cpu_engine.c`), given the BLAS library `blas.ts` finds (they call it
+ * per block); for the engine, and for benchmarks that time one kernel.
+ *
+ * @returns The kernels.
+ * @throws {NativeError} If they cannot be compiled.
+ * @throws {Error} If no BLAS library with `cblas_sgemm` opens.
+ *
+ * @example The engine's blocked product equals a plain one
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { cpuEngineKernels } from "./cpu_engine.ts";
+ * const k = await cpuEngineKernels();
+ * const a = Float32Array.of(1, 2, 3, 4), b = Float32Array.of(5, 6, 7, 8), c = new Float32Array(4);
+ * k.sae_gemm(0, 0, 2, 2, 2, 1, a, 2, b, 2, 0, c, 2, 1);
+ * deepEqual([...c], [19, 22, 43, 50]);
+ * ```
+ */
+export async function cpuEngineKernels(): Promise<CpuEngineKernels> {
   const blas = openBlas();
   if ("error" in blas) throw new Error(`Cannot start the CPU SAE engine: ${blas.error}`);
   const source = new URL("./cpu_engine.c", import.meta.url);
