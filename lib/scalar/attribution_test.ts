@@ -58,6 +58,8 @@ for (const position of POSITIONS) {
             { ...common, batchSequences: 2, steps },
             // Chunked targets and a budget so small that every pass holds one or two rows.
             { ...common, batchSequences: 3, steps, targetChunk: 5, memoryBytes: 40_000 },
+            // Too small for the per-target Gram matrices (8 · F_down · D² bytes): the direct map.
+            { ...common, batchSequences: 2, steps, targetChunk: 7, memoryBytes: 4_000 },
           ];
           if (isTokenwisePair(pair)) {
             variants.push({ ...common, batchSequences: 2, steps, mode: "sequence" });
