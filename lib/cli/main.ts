@@ -10,7 +10,7 @@ import { ManifestError } from "../experiment/manifest_source.ts";
 import { CheckpointError } from "../model/checkpoint.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
 import { ArchitectureError } from "../sae/architectures.ts";
-import { StoreError } from "../store/db.ts";
+import { StoreError, storeFailure } from "../store/db.ts";
 import { SlurmError } from "../slurm/queue.ts";
 import { DivergenceError } from "../optim/training_loop.ts";
 import { type Command, UsageError } from "./args.ts";
@@ -92,6 +92,14 @@ export async function main(args: string[]): Promise<number> {
     }
     if (EXPECTED_ERRORS.some((cls) => e instanceof cls)) {
       console.error((e as Error).message);
+      return 1;
+    }
+    // A damaged database (or a full disk) can surface in any read or write of any command:
+    // DuckDB's message names the file.
+    const file = e instanceof Error ? /file "([^"]+)"/.exec(e.message)?.[1] : undefined;
+    const failure = storeFailure(file ?? "the results database", e);
+    if (failure instanceof StoreError) {
+      console.error(failure.message);
       return 1;
     }
     throw e;

@@ -24,6 +24,18 @@ export const RESULT_FILE = "result.json";
 /**
  * The process's way into the results database: one access at a time (a heartbeat never opens
  * the file while the runner has it open), each as short as one piece of work.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { StoreAccess } from "./run_claimed.ts";
+ * import { schemaVersion, SCHEMA_VERSION } from "../store/db.ts";
+ * const dir = await Deno.makeTempDir();
+ * const access = new StoreAccess(`${dir}/r.duckdb`, (line) => console.error(line));
+ * const versions = await Promise.all([1, 2].map(() => access.use((s) => schemaVersion(s.connection), 1000)));
+ * equal(versions.join(), `${SCHEMA_VERSION},${SCHEMA_VERSION}`);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export class StoreAccess {
   #chain: Promise<unknown> = Promise.resolve();
@@ -145,6 +157,30 @@ async function withHeartbeat<T>(ctx: RunContext, work: () => Promise<T>): Promis
  * @returns What became of it.
  * @throws {StoreError} If the database cannot be written (held past the wait, damaged, or a full
  * disk); the result stays in the run's folder, and the next run of the grid imports it.
+ *
+ * @example A run another live process holds is skipped, its folder untouched
+ * ```ts
+ * import { equal, match } from "node:assert/strict";
+ * import { runClaimed, StoreAccess } from "./run_claimed.ts";
+ * import { claimRun, currentOwner } from "../store/claims.ts";
+ * const dir = await Deno.makeTempDir();
+ * const store = new StoreAccess(`${dir}/r.duckdb`, () => {});
+ * const record = {
+ *   id: "r1", experiment: "a", manifestPath: "a.yaml", config: {}, varied: {}, seed: 0,
+ *   backend: "cpu", versions: {}, startedAt: new Date(), wallSeconds: 0,
+ * };
+ * const me = await currentOwner();
+ * await store.use((s) => claimRun(s, record, me), 1000);
+ * const other = { ...me, pid: me.pid + 1 };
+ * const run = { id: "r1", seed: 0, varied: {}, backend: "auto", config: {} } as never;
+ * const outcome = await runClaimed(run, record, {
+ *   store, owner: other, force: false, runsRoot: `${dir}/runs`, cacheRoot: `${dir}/cache`,
+ *   signal: new AbortController().signal, log: () => {},
+ * });
+ * equal(outcome.kind, "skipped");
+ * match((outcome as { why: string }).why, new RegExp(`^being run by PID ${me.pid}`));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export async function runClaimed(
   run: ExpandedRun,

@@ -226,6 +226,21 @@ async function readTrainLog(path: string, log: (line: string) => void): Promise<
 }
 
 /**
+ * Refuses a model whose clean loss on validation data is far above the validation loss its
+ * training recorded: its weights file is damaged (flipped bytes load as numbers all the same) or
+ * not the trained one, and every result of the run would be meaningless.
+ */
+function checkCleanLoss(modelDir: string, clean: number, recorded: number | undefined): void {
+  if (recorded === undefined || !(clean > recorded + Math.max(1, recorded))) return;
+  throw new CheckpointError(
+    modelDir,
+    `Cannot use trained model "${modelDir}": its clean loss on validation data is ` +
+      `${clean.toFixed(2)}, but its training recorded ${recorded.toFixed(2)}; its weights file ` +
+      `is damaged or not the one trained: restore it, or train the model again`,
+  );
+}
+
+/**
  * Checks that the model's weights are those the run was planned with (its id records their
  * sha256): weights replaced after planning would give results under the wrong id.
  */
@@ -339,6 +354,7 @@ export async function runSaeExperiment(
         });
         await writeJson(`${runDir}/metrics.json`, metrics);
       }
+      checkCleanLoss(config.modelDir, metrics.run.ce_loss_clean, valLoss);
 
       const pairs: PairResult[] = (await readJson<PairResult[]>(`${runDir}/scalar.json`, log)) ??
         [];

@@ -182,6 +182,24 @@ async function setOwner(store: Store, id: string, owner: RunOwner | null): Promi
  * @param store A store open for writing.
  * @param id The run.
  * @param owner This process.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { runStatuses } from "./write.ts";
+ * import { claimRun, currentOwner, releaseRun } from "./claims.ts";
+ * const store = await openStore(":memory:");
+ * const run = {
+ *   id: "r1", experiment: "a", manifestPath: "a.yaml", config: {}, varied: {}, seed: 0,
+ *   backend: "cpu", versions: {}, startedAt: new Date(), wallSeconds: 0,
+ * };
+ * const me = await currentOwner();
+ * await claimRun(store, run, me);
+ * await releaseRun(store, "r1", me);
+ * equal((await runStatuses(store, ["r1"])).get("r1")?.owner, null);
+ * store.close();
+ * ```
  */
 export async function releaseRun(store: Store, id: string, owner: RunOwner): Promise<void> {
   await inTransaction(store.connection, async () => {
@@ -197,6 +215,26 @@ export async function releaseRun(store: Store, id: string, owner: RunOwner): Pro
  *
  * @param store A store open for writing.
  * @param owner This process.
+ *
+ * @example
+ * ```ts
+ * import { ok } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { runStatuses } from "./write.ts";
+ * import { claimRun, currentOwner, heartbeat } from "./claims.ts";
+ * const store = await openStore(":memory:");
+ * const run = {
+ *   id: "r1", experiment: "a", manifestPath: "a.yaml", config: {}, varied: {}, seed: 0,
+ *   backend: "cpu", versions: {}, startedAt: new Date(), wallSeconds: 0,
+ * };
+ * const me = await currentOwner();
+ * await claimRun(store, run, me);
+ * const before = Date.now();
+ * await heartbeat(store, me);
+ * const { owner } = (await runStatuses(store, ["r1"])).get("r1")!;
+ * ok(owner!.heartbeatAt.getTime() >= before - 1000);
+ * store.close();
+ * ```
  */
 export async function heartbeat(store: Store, owner: RunOwner): Promise<void> {
   await store.connection.run(

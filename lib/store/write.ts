@@ -290,7 +290,28 @@ function checkWritable(store: Store, run: RunRecord, action: string): void {
   }
 }
 
-/** Deletes every row of a run, in every table. */
+/**
+ * Deletes every row of a run, in every run table (its experiment links stay).
+ *
+ * @param store A store open for writing.
+ * @param id The run.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { deleteRun, runStatuses, storeRun } from "./write.ts";
+ * const store = await openStore(":memory:");
+ * const run = {
+ *   id: "r1", experiment: "a", manifestPath: "a.yaml", config: {}, varied: {}, seed: 0,
+ *   backend: "cpu", versions: {}, startedAt: new Date(), wallSeconds: 1,
+ * };
+ * await storeRun(store, run, { error: "diverged" });
+ * await deleteRun(store, "r1");
+ * equal((await runStatuses(store, ["r1"])).size, 0);
+ * store.close();
+ * ```
+ */
 export async function deleteRun(store: Store, id: string): Promise<void> {
   for (const table of RUN_TABLES) {
     await store.connection.run(
@@ -307,6 +328,20 @@ export async function deleteRun(store: Store, id: string): Promise<void> {
  *
  * @param store A store open for writing.
  * @param run The run, with the experiment it is linked to.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { linkExperiment } from "./write.ts";
+ * const store = await openStore(":memory:");
+ * const run = { id: "r1", experiment: "a", manifestPath: "a.yaml", varied: {} };
+ * await linkExperiment(store, run);
+ * await linkExperiment(store, { ...run, experiment: "b" });
+ * const sql = "select count(*) from experiment_runs";
+ * equal(Number((await store.connection.runAndReadAll(sql)).getRowsJS()[0]![0]), 2);
+ * store.close();
+ * ```
  */
 export async function linkExperiment(
   store: Store,
@@ -365,7 +400,33 @@ export interface OwnerColumns {
   startedAt: Date;
 }
 
-/** Inserts the `runs` row and the `run_params` rows of a run. */
+/**
+ * Inserts the `runs` row of a run (with its owner, if any), its `run_params` rows and its link to
+ * its experiment; the caller has deleted any earlier rows of the id, in the same transaction.
+ *
+ * @param store A store open for writing.
+ * @param run The run.
+ * @param status Its status.
+ * @param error A failed run's error.
+ * @param finishedAt When it ended (null: it has not).
+ * @param wallSeconds Its wall-clock seconds (null: not finished).
+ * @param owner The process working on it now (null: none).
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { openStore } from "./db.ts";
+ * import { insertRunRow, runStatuses } from "./write.ts";
+ * const store = await openStore(":memory:");
+ * const run = {
+ *   id: "r1", experiment: "a", manifestPath: "a.yaml", config: {}, varied: { x: 1 }, seed: 0,
+ *   backend: "cpu", versions: {}, startedAt: new Date(), wallSeconds: 0,
+ * };
+ * await insertRunRow(store, run, "running", null, null, null);
+ * equal((await runStatuses(store, ["r1"])).get("r1")?.status, "running");
+ * store.close();
+ * ```
+ */
 export async function insertRunRow(
   store: Store,
   run: RunRecord,
