@@ -11,7 +11,7 @@ import { prepareSaeRun, type SaeRunConfig } from "./sae_run.ts";
 
 /**
  * What a run shares with others: runs with the same key read the same model, tokens and
- * activation cache, whatever their SAEs, training or seed.
+ * activation cache, whatever their SAEs, training or seed, and wherever their files lie.
  *
  * @param config A run's configuration.
  * @returns A text equal for exactly the runs that share their preparation.
@@ -28,9 +28,10 @@ import { prepareSaeRun, type SaeRunConfig } from "./sae_run.ts";
  * ```
  */
 export function sharedWorkKey(config: SaeRunConfig): string {
+  // By content where the manifest hashed it (one model under two paths is one piece of work).
   return canonicalJson({
-    model: [config.modelKind ?? "toy", config.modelDir],
-    data: [config.corpus, config.dataPath ?? null, config.textField ?? null],
+    model: [config.modelKind ?? "toy", config.modelSha256 ?? config.modelDir],
+    data: config.dataSha256 ?? [config.corpus, config.dataPath ?? null, config.textField ?? null],
     position: config.position,
     layers: config.layers ?? null,
   });
