@@ -4,7 +4,7 @@
  * @module
  */
 import { type DuckDBResultReader, DuckDBTypeId } from "@duckdb/node-api";
-import { openStore, StoreError } from "./db.ts";
+import { openStore, StoreError, storeFailure } from "./db.ts";
 
 /** The output formats of {@link query}. */
 export type QueryFormat = "table" | "csv" | "json";
@@ -149,6 +149,9 @@ export async function runQuery(dbPath: string, sql: string): Promise<QueryResult
     try {
       reader = await store.connection.runAndReadAll(sql);
     } catch (e) {
+      // With file access off, an IO error can only be the database's own: a damaged file.
+      const damaged = storeFailure(dbPath, e);
+      if (damaged instanceof StoreError) throw damaged;
       const message = e instanceof Error ? e.message : String(e);
       const why = /read-only mode/.test(message)
         ? `queries are read-only, and this one writes (${message})`
