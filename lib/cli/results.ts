@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { backendChoiceFrom, selectBackend } from "../backend/select.ts";
 import { expandManifest } from "../experiment/manifest.ts";
 import { openStore } from "../store/db.ts";
 import { query, QUERY_FORMATS, type QueryFormat } from "../store/query.ts";
@@ -98,6 +99,8 @@ Options:
         for (const f of files) console.error(`wrote ${f}`);
       }
       if (values.html) {
+        // The feature browser runs the model: on the fast CPU path, not tfjs's default.
+        await selectBackend(backendChoiceFrom(undefined, "auto"));
         const out = htmlReportPath(experiment);
         console.error(
           `wrote ${await writeHtmlReport(store, { experiment, curve, expectedSeeds, out })}`,

@@ -23,7 +23,7 @@ import { formatDuration, LiveLog } from "../util/progress.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 import { mergeBeforeReading } from "./merge.ts";
 import { describeResult, printJobReport } from "./run_report.ts";
-import { RESULT_FILE, runClaimed, StoreAccess } from "./run_claimed.ts";
+import { RESULT_FILE, runClaimed, type RunOutcome, StoreAccess } from "./run_claimed.ts";
 import {
   checkSlurmOptions,
   describeSlurmState,
@@ -190,6 +190,129 @@ ${COMMON_HELP}`,
   },
 };
 
+/** The `runs` row of a run about to start. */
+function runRecord(r: ExpandedRun, manifest: ExperimentManifest, backend: string): RunRecord {
+  return {
+    id: r.id,
+    experiment: manifest.name,
+    manifestPath: manifest.file,
+    config: r.config,
+    varied: r.varied,
+    seed: r.seed,
+    backend,
+    versions: { deno: Deno.version.deno, tfjs: tf.version_core, scalarLab: denoConfig.version },
+    startedAt: new Date(),
+    wallSeconds: 0,
+  };
+}
+
+/** What {@link runPending} needs besides the runs. */
+interface GridOptions {
+  manifest: ExperimentManifest;
+  db: string;
+  /** The backend's description, as the `runs` rows record it. */
+  backend: string;
+  values: { force?: boolean; verbose?: boolean; "fail-fast"?: boolean };
+}
+
+/**
+ * Runs the pending runs of a grid one after the other, each claimed first (see `run_claimed.ts`);
+ * Ctrl-C, or this process losing its parent, stops at the current run's next safe point.
+ *
+ * @returns The exit code: 0, 1 when a run failed, 130 when interrupted.
+ */
+async function runPending(pending: ExpandedRun[], o: GridOptions): Promise<number> {
+  const { manifest, values } = o;
+  const abort = new AbortController();
+  const onInterrupt = () => {
+    if (abort.signal.aborted) Deno.exit(130);
+    console.error(
+      "\ninterrupt: stopping the current run at its next safe point, resumable (Ctrl-C again " +
+        "to quit now)",
+    );
+    abort.abort();
+  };
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  const stopWatching = watchParent(onInterrupt);
+  await removeAbandonedFills(CACHE_ROOT, (line) => console.error(line));
+  const store = new StoreAccess(o.db, (line) => console.error(line));
+  const owner = await currentOwner();
+  const began = performance.now();
+  const summary: string[] = [];
+  const live = new LiveLog({ verbose: values.verbose });
+  let failed = 0;
+  try {
+    for (const [i, r] of pending.entries()) {
+      const done = performance.now() - began;
+      const eta = i === 0 ? "?" : formatDuration((done / i) * (pending.length - i) / 1000);
+      live.label = `[run ${i + 1}/${pending.length} ${r.config.sae.arch}]`;
+      live.status(`${r.id}: ${describeRun(r)}; grid ETA ${eta}`);
+      const record = runRecord(r, manifest, o.backend);
+      const outcome = await runClaimed(r, record, {
+        store,
+        owner,
+        force: values.force ?? false,
+        runsRoot: RUNS_ROOT,
+        cacheRoot: CACHE_ROOT,
+        signal: abort.signal,
+        log: (line) => live.status(line),
+      }).catch((e) => {
+        if (!(e instanceof StoreError)) throw e;
+        live.clear();
+        throw new StoreError(
+          `${e.message}\nRun ${r.id} is not stored; what it finished is kept in ` +
+            `${RUNS_ROOT}/${r.id}/ (${RESULT_FILE} once it finished), and running the grid ` +
+            `again imports it`,
+        );
+      });
+      live.clear();
+      if (outcome.kind === "interrupted") {
+        console.error("interrupted: run the same command again to resume");
+        return 130;
+      }
+      const line = describeOutcome(r, record, outcome);
+      if (line === undefined) continue;
+      summary.push(line);
+      live.result(line);
+      if (outcome.kind === "failed" && (failed++, values["fail-fast"])) break;
+      if (abort.signal.aborted) {
+        console.error("interrupted: run the same command again to run the rest");
+        return 130;
+      }
+    }
+  } finally {
+    stopWatching();
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+  }
+  console.error(`${summary.length - failed} done, ${failed} failed`);
+  if (summary.length > failed) await printJobReport(manifest, o.db);
+  return failed ? 1 : 0;
+}
+
+/**
+ * Prints what became of a run where a line of its own says it (a skip, a failure), and returns
+ * its summary line (none for a skipped run).
+ */
+function describeOutcome(
+  r: ExpandedRun,
+  record: RunRecord,
+  outcome: Exclude<RunOutcome, { kind: "interrupted" }>,
+): string | undefined {
+  if (outcome.kind === "skipped") {
+    console.error(`run ${r.id} skipped: ${outcome.why}`);
+    return undefined;
+  }
+  if (outcome.kind === "done") {
+    return `${r.id}  done    ${describeRun(r)}  ` +
+      describeResult(record.wallSeconds, outcome.result);
+  }
+  console.error(
+    `run ${r.id} failed: ${outcome.message}` +
+      (outcome.kept ? "\n(its earlier results stay stored)" : ""),
+  );
+  return `${r.id}  failed  ${describeRun(r)}  ${outcome.message.split("\n")[0]}`;
+}
+
 /** The `run` command. */
 export const runCommand: Command = {
   summary: "run an experiment manifest's pending runs and store every result",
@@ -213,7 +336,7 @@ Options:
   --fail-fast      stop at the first failed run
   --yes            run even when the estimated memory exceeds what is available
   --verbose        print every progress line (each ablation-curve point too) instead of one
-                   status line redrawn in place (a line every 15 s when piped)
+                   status line redrawn in place (a line every 30 s when piped)
   --run-id ID      only this run (repeatable); what a Slurm array task runs
   --prepare        only the work the runs share (tokens, activation caches), no training and no
                    database: what a Slurm grid's first job does
@@ -257,100 +380,6 @@ ${COMMON_HELP}`,
     console.error(describeBackend(backend));
     await checkCost(pending.map((r) => r.config), backend.name, values.yes ?? false);
 
-    const abort = new AbortController();
-    const onInterrupt = () => {
-      if (abort.signal.aborted) Deno.exit(130);
-      console.error(
-        "\ninterrupt: stopping the current run at its next safe point, resumable (Ctrl-C again " +
-          "to quit now)",
-      );
-      abort.abort();
-    };
-    Deno.addSignalListener("SIGINT", onInterrupt);
-    const stopWatching = watchParent(onInterrupt);
-    await removeAbandonedFills(CACHE_ROOT, (line) => console.error(line));
-    const store = new StoreAccess(db, (line) => console.error(line));
-    const owner = await currentOwner();
-    const began = performance.now();
-    const summary: string[] = [];
-    const live = new LiveLog({ verbose: values.verbose });
-    let failed = 0;
-    try {
-      for (const [i, r] of pending.entries()) {
-        const done = performance.now() - began;
-        const eta = i === 0 ? "?" : formatDuration((done / i) * (pending.length - i) / 1000);
-        live.label = `[run ${i + 1}/${pending.length} ${r.config.sae.arch}]`;
-        live.status(`${r.id}: ${describeRun(r)}; grid ETA ${eta}`);
-        const record: RunRecord = {
-          id: r.id,
-          experiment: manifest.name,
-          manifestPath: manifest.file,
-          config: r.config,
-          varied: r.varied,
-          seed: r.seed,
-          backend: backend.detail,
-          versions: {
-            deno: Deno.version.deno,
-            tfjs: tf.version_core,
-            scalarLab: denoConfig.version,
-          },
-          startedAt: new Date(),
-          wallSeconds: 0,
-        };
-        let outcome;
-        try {
-          outcome = await runClaimed(r, record, {
-            store,
-            owner,
-            force: values.force ?? false,
-            runsRoot: RUNS_ROOT,
-            cacheRoot: CACHE_ROOT,
-            signal: abort.signal,
-            log: (line) => live.status(line),
-          });
-        } catch (e) {
-          if (!(e instanceof StoreError)) throw e;
-          live.clear();
-          throw new StoreError(
-            `${e.message}\nRun ${r.id} is not stored; what it finished is kept in ` +
-              `${RUNS_ROOT}/${r.id}/ (${RESULT_FILE} once it finished), and running the grid ` +
-              `again imports it`,
-          );
-        }
-        live.clear();
-        if (outcome.kind === "interrupted") {
-          console.error("interrupted: run the same command again to resume");
-          return 130;
-        }
-        if (outcome.kind === "skipped") {
-          console.error(`run ${r.id} skipped: ${outcome.why}`);
-        } else if (outcome.kind === "done") {
-          const line = `${r.id}  done    ${describeRun(r)}  ` +
-            describeResult(record.wallSeconds, outcome.result);
-          summary.push(line);
-          live.result(line);
-        } else {
-          failed++;
-          console.error(
-            `run ${r.id} failed: ${outcome.message}` +
-              (outcome.kept ? "\n(its earlier results stay stored)" : ""),
-          );
-          const line = `${r.id}  failed  ${describeRun(r)}  ${outcome.message.split("\n")[0]}`;
-          summary.push(line);
-          live.result(line);
-          if (values["fail-fast"]) break;
-        }
-        if (abort.signal.aborted) {
-          console.error("interrupted: run the same command again to run the rest");
-          return 130;
-        }
-      }
-    } finally {
-      stopWatching();
-      Deno.removeSignalListener("SIGINT", onInterrupt);
-    }
-    console.error(`${summary.length - failed} done, ${failed} failed`);
-    if (summary.length > failed) await printJobReport(manifest, db);
-    return failed ? 1 : 0;
+    return await runPending(pending, { manifest, db, backend: backend.detail, values });
   },
 };

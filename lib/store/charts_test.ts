@@ -134,7 +134,7 @@ Deno.test("renderSvg() draws a curve chart headlessly: one line per cell and the
     const svg = await renderSvg(charts[0]!.spec);
     match(svg, /^<svg /);
     ok(svg.includes("KL(full circuit ‖ ablated), nats"));
-    ok(svg.includes("edges kept (log₂)"));
+    ok(svg.includes("edges kept (log₂ axis)"));
     equal(svg.match(/class="mark-line role-mark/g)?.length, 4);
     for (const label of ["topk", "staircase", "jsae λ=0.001", "jsae λ=0.01"]) {
       ok(svg.includes(`>${label}<`), label);

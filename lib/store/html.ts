@@ -12,9 +12,8 @@
  */
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import * as vl from "vega-lite";
 import { RunFeatures, type SaeFeatures } from "../experiment/inspect_features.ts";
-import { buildCharts, type Chart, loadChartData } from "./charts.ts";
+import { buildCharts, type Chart, compileSpec, loadChartData } from "./charts.ts";
 import { type Store, StoreError } from "./db.ts";
 import { cellKeyOf, report, type ReportOptions } from "./report.ts";
 
@@ -51,7 +50,7 @@ export interface HtmlReportOptions
   runsRoot?: string;
   /** Contexts per feature in the browser. @default 5 */
   top?: number;
-  /** Validation sequences the browser reads per SAE. @default 128 */
+  /** Validation sequences the browser reads per SAE. @default 64 */
   sequences?: number;
   /** Where notices go. @default a line on stderr */
   log?: (line: string) => void;
@@ -152,7 +151,7 @@ export function markdownToHtml(md: string): string {
  * ```
  */
 export function buildHtml(parts: HtmlParts): string {
-  const charts = parts.charts.map((c, i) => ({ id: `chart-${i}`, spec: vl.compile(c.spec).spec }));
+  const charts = parts.charts.map((c, i) => ({ id: `chart-${i}`, spec: compileSpec(c.spec) }));
   const browser = parts.saes.length === 0 ? "" : `<h2 id="features">Feature browser</h2>
 <p>Top-activating validation contexts per feature (as <code>deno task features RUN --sae HOOK</code>
 prints them; ⟦ ⟧ marks the token the activation was read at), for one run per cell.</p>
@@ -212,12 +211,12 @@ function compactSae(s: BrowsedSae) {
 }
 
 const PAGE_CSS = `
-body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1100px; color: #222; padding: 0 16px; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1160px; color: #222; padding: 0 16px; }
 h1 { margin-bottom: 0; } .sub { color: #666; margin-top: 4px; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; } th { background: #f4f4f4; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 12px 0 24px; } .controls { margin: 8px 0; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
+.charts { display: flex; flex-wrap: wrap; gap: 8px 24px; } figure { margin: 8px 0 16px; } .controls { margin: 8px 0; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
 .feature { border-top: 1px solid #eee; padding: 6px 0; } .feature b { font-weight: 600; }
 .ctx { font: 12px/1.5 ui-monospace, monospace; white-space: pre; overflow-x: auto; }
 .ctx mark { background: #ffd966; } .muted { color: #888; }`;
@@ -287,7 +286,7 @@ async function browsedSaes(
       continue;
     }
     try {
-      const sequences = Math.min(o.sequences ?? 128, await run.availableSequences());
+      const sequences = Math.min(o.sequences ?? 64, await run.availableSequences());
       for (const hook of run.saes.hooks) {
         const f = await run.inspect({ hook, top: o.top ?? 5, sequences });
         out.push({ ...f, runId: r.id, label: `${r.label} seed ${r.seed}` });

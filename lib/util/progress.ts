@@ -101,7 +101,7 @@ export interface LiveLogOptions {
   tty?: boolean;
   /** Print every line as it comes, details included (`--verbose`). @default false */
   verbose?: boolean;
-  /** On a pipe, seconds between two status lines. @default 15 */
+  /** On a pipe, seconds between two status lines. @default 30 */
   intervalSeconds?: number;
   /** Terminal width the status line is cut to. @default the terminal's, else 100 */
   columns?: number;
@@ -163,7 +163,7 @@ export class LiveLog {
   constructor(o: LiveLogOptions = {}) {
     this.#tty = o.tty ?? Deno.stderr.isTerminal();
     this.#verbose = o.verbose ?? false;
-    this.#intervalMs = (o.intervalSeconds ?? 15) * 1000;
+    this.#intervalMs = (o.intervalSeconds ?? 30) * 1000;
     this.#columns = o.columns ?? terminalColumns();
     const encoder = new TextEncoder();
     this.#write = o.write ?? ((text) => Deno.stderr.writeSync(encoder.encode(text)));
