@@ -385,12 +385,42 @@ export class SaeEngine {
     report: boolean,
   ): Promise<Float32Array | undefined> {
     const device = this.#gpu.device;
-    this.#begin(batch, lr);
     const encoder = device.createCommandEncoder();
+    this.encodeStep(encoder, batch, lr, report);
+    device.queue.submit([encoder.finish()]);
+    return report ? await this.figures() : undefined;
+  }
+
+  /**
+   * Records one training step into a command encoder the caller submits, queueing its batch and
+   * learning rate: how several engines' steps go to the GPU in one submission (`multi_run.ts`).
+   * {@link SaeEngine.step} is this plus the submission and {@link SaeEngine.figures}.
+   *
+   * @param encoder The encoder.
+   * @param batch Per hook, the step's activations; undefined keeps the last.
+   * @param lr The step's learning rate.
+   * @param report Whether to copy the figures out for {@link SaeEngine.figures}.
+   * @throws {RangeError} If a hook's batch is missing or has another size.
+   */
+  encodeStep(
+    encoder: GPUCommandEncoder,
+    batch: ReadonlyMap<string, Float32Array> | undefined,
+    lr: number,
+    report: boolean,
+  ): void {
+    this.#begin(batch, lr);
     this.#record(encoder);
     if (report) encoder.copyBufferToBuffer(this.#figures, 0, this.#readback, 0, this.#figures.size);
-    device.queue.submit([encoder.finish()]);
-    if (!report) return undefined;
+  }
+
+  /**
+   * The figures of the last step recorded with `report`, once it was submitted.
+   *
+   * @returns As {@link SaeEngine.step} returns them.
+   * @throws {Error} With WebGPU's message, if the device reported an error.
+   */
+  async figures(): Promise<Float32Array> {
+    const device = this.#gpu.device;
     await this.#readback.mapAsync(GPUMapMode.READ);
     throwGpuError(device, `take SAE training step ${this.#step} on the GPU`);
     const figures = new Float32Array(
