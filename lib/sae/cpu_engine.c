@@ -33,18 +33,6 @@
  * in vector registers) added in a fixed order, instead of one serial chain it may not reorder. */
 #define LANES 16
 
-/* Σ_i a[i]·b[i], over LANES partial sums added in lane order. */
-static inline float dot(const float *a, const float *b, int32_t n) {
-  float part[LANES] = {0};
-  int32_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int32_t q = 0; q < LANES; q++) part[q] += a[i + q] * b[i + q];
-  for (int32_t q = 0; i + q < n; q++) part[q] += a[i + q] * b[i + q];
-  float total = 0.0f;
-  for (int32_t q = 0; q < LANES; q++) total += part[q];
-  return total;
-}
-
 /* Rows per block of jsae_gelu's product. */
 #define GEMM_ROWS 64
 
@@ -122,6 +110,44 @@ void sae_center(const float *x, const float *b_dec, int32_t n, int32_t d, float 
  * on any target (one AVX-512 register, two AVX2 ones, …). */
 typedef float vfloat __attribute__((vector_size(4 * LANES)));
 typedef int32_t vint __attribute__((vector_size(4 * LANES)));
+
+static inline vfloat load_lanes(const float *p) {
+  vfloat v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* The sum of a vector's lanes, as a tree of halves (short dependency chains, a fixed order). */
+static inline float lane_sum(vfloat v) {
+  float p[LANES];
+  memcpy(p, &v, sizeof p);
+  for (int32_t w = LANES / 2; w >= 1; w /= 2)
+    for (int32_t q = 0; q < w; q++) p[q] += p[q + w];
+  return p[0];
+}
+
+/* Σ_i a[i]·b[i] over LANES partial sums (one vector register), then lane_sum. */
+static inline float dot(const float *a, const float *b, int32_t n) {
+  vfloat acc = {0};
+  int32_t i = 0;
+  for (; i + LANES <= n; i += LANES) acc += load_lanes(a + i) * load_lanes(b + i);
+  float part[LANES];
+  memcpy(part, &acc, sizeof part);
+  for (int32_t q = 0; i + q < n; q++) part[q] += a[i + q] * b[i + q];
+  memcpy(&acc, part, sizeof acc);
+  return lane_sum(acc);
+}
+
+/* dot(b, a + u·n, n) for u = 0 … 3 at once (b read once, four independent chains). n is a
+ * multiple of LANES. */
+static inline void dot4(const float *b, const float *a, int32_t n, float *out) {
+  vfloat acc[4] = {{0}, {0}, {0}, {0}};
+  for (int32_t i = 0; i < n; i += LANES) {
+    vfloat x = load_lanes(b + i);
+    for (int32_t u = 0; u < 4; u++) acc[u] += x * load_lanes(a + u * n + i);
+  }
+  for (int32_t u = 0; u < 4; u++) out[u] = lane_sum(acc[u]);
+}
 
 static inline float relu_sum(float a, float b) { return a + b > 0.0f ? a + b : 0.0f; }
 
@@ -515,8 +541,11 @@ void jsae_forward(const int32_t *k1, const int32_t *k2, const float *a, const fl
         }
         for (int32_t j = 0; j < k; j++) {
           const float *br = bt + (int64_t)k2[t * k + j] * m;
+          float js[4];
           for (int32_t i = 0; i < k; i++) {
-            float acc = dot(br, ag + i * m, m);
+            /* Four entries at a time where the width allows. */
+            if (m % LANES == 0 && i % 4 == 0 && i + 4 <= k) dot4(br, ag + i * m, m, js);
+            float acc = m % LANES == 0 && i - i % 4 + 4 <= k ? js[i % 4] : dot(br, ag + i * m, m);
             dj[(t * k + j) * k + i] = acc > 0.0f ? scale : acc < 0.0f ? -scale : 0.0f;
             size += fabsf(acc);
           }

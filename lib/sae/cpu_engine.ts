@@ -124,6 +124,10 @@ export type CpuEngineKernels = NativeLibrary<typeof CPU_ENGINE_SYMBOLS>["symbols
 export const BLOCK_ROWS = 256;
 // Rows per block of the other products (each block one single-threaded BLAS call).
 const GEMM_ROWS = 64;
+// Tokens per chunk of the Jacobian term: GELU′ (1 MiB at the toy's MLP width of 256) and dJ stay
+// in cache while the gathers read them; a multiple of BLOCK_ROWS, so |J|'s partial sums keep
+// their blocks.
+const JACOBIAN_ROWS = 4 * BLOCK_ROWS;
 // Pre-activations per encoder block (512 KiB): a block stays in its core's cache from the product
 // to the selection.
 const ENCODER_FLOATS = 131_072;
@@ -185,7 +189,7 @@ interface PairState {
   bt: Float32Array;
   da: Float32Array;
   dbt: Float32Array;
-  /** GELU′ `[micro, M]`, dJ `[micro, k, k]`, Σ|J| per block over the step. */
+  /** GELU′ `[chunk, M]`, dJ `[chunk, k, k]` (JACOBIAN_ROWS), Σ|J| per block over the step. */
   g: Float32Array;
   dj: Float32Array;
   sums: Float32Array;
@@ -514,8 +518,10 @@ export class CpuSaeEngine {
     p.dbt.fill(0);
   }
 
-  // One micro-batch of a pair's Jacobian term: GELU′, J (and dJ, Σ|J|), then ∂A and ∂Bᵀ gathered
-  // over the input and output SAEs' feature lists (built by their passes just before).
+  // One micro-batch of a pair's Jacobian term, in chunks of JACOBIAN_ROWS tokens (so GELU′ and dJ
+  // stay in cache for the gathers): GELU′, J (and dJ, Σ|J|), then ∂A and ∂Bᵀ gathered over the
+  // chunk's per-feature lists of the input and output SAEs' kept pairs (the SAEs' own passes are
+  // done with their lists, which are rebuilt here per chunk).
   #jacobianPass(
     p: PairState,
     x: Float32Array,
@@ -523,39 +529,32 @@ export class CpuSaeEngine {
   ) {
     const { up, down, m } = p;
     const { d, k } = up.view;
-    const n = micro.count;
-    this.#k.jsae_gelu(x.subarray(micro.offset * d), n, d, p.wFc, p.bFc, m, p.g);
     const scale = Math.fround(this.#o.jacobian!.lambda) / (k * k);
-    this.#k.jsae_forward(
-      ...[up.idx, down.idx, p.a, p.bt, p.g, n, k, m, scale, BLOCK_ROWS] as const,
-      ...[p.dj, p.sums.subarray(micro.block)] as const,
-    );
-    this.#k.jsae_backward(
-      up.starts,
-      up.list,
-      p.dj,
-      down.idx,
-      p.bt,
-      p.g,
-      k,
-      m,
-      up.view.width,
-      0,
-      p.da,
-    );
-    this.#k.jsae_backward(
-      down.starts,
-      down.list,
-      p.dj,
-      up.idx,
-      p.a,
-      p.g,
-      k,
-      m,
-      down.view.width,
-      1,
-      p.dbt,
-    );
+    for (let first = 0; first < micro.count; first += JACOBIAN_ROWS) {
+      const n = Math.min(JACOBIAN_ROWS, micro.count - first);
+      const [k1, k2] = [up.idx.subarray(first * k), down.idx.subarray(first * k)];
+      const x0 = (micro.offset + first) * d;
+      this.#k.jsae_gelu(x.subarray(x0), n, d, p.wFc, p.bFc, m, p.g);
+      this.#k.jsae_forward(
+        ...[k1, k2, p.a, p.bt, p.g, n, k, m, scale, BLOCK_ROWS] as const,
+        ...[p.dj, p.sums.subarray(micro.block + first / BLOCK_ROWS)] as const,
+      );
+      for (
+        const [h, other, factor, side, grad] of [[up, k2, p.bt, 0, p.da], [
+          down,
+          k1,
+          p.a,
+          1,
+          p.dbt,
+        ]] as const
+      ) {
+        this.#k.sae_lists(h === up ? k1 : k2, n * k, h.view.width, h.starts, h.list);
+        this.#k.jsae_backward(
+          ...[h.starts, h.list, p.dj, other, factor, p.g] as const,
+          ...[k, m, h.view.width, side, grad] as const,
+        );
+      }
+    }
   }
 
   // After the micro-batches: ∂W_dec_in += ∂A · W_fcᵀ, ∂W_enc_out += W_projᵀ · ∂Bᵀᵀ.
@@ -726,8 +725,8 @@ async function pairState(
     bt: new Float32Array(down!.view.width * m),
     da: new Float32Array(up!.view.width * m),
     dbt: new Float32Array(down!.view.width * m),
-    g: new Float32Array(rows * m),
-    dj: new Float32Array(rows * k * k),
+    g: new Float32Array(Math.min(rows, JACOBIAN_ROWS) * m),
+    dj: new Float32Array(Math.min(rows, JACOBIAN_ROWS) * k * k),
     sums: new Float32Array(blocks),
   };
 }

@@ -219,6 +219,16 @@ const cases: Case[] = [
     gradClip: 1,
     m: 48,
   },
+  {
+    name: "jsae, rows over one Jacobian chunk",
+    sae: { arch: "jsae", features: 24, k: 3, jsaeLambda: 0.5 },
+    position: "mlp",
+    nLayer: 1,
+    d: 8,
+    rows: 1100,
+    gradClip: 1,
+    m: 16,
+  },
 ];
 
 for (const c of cases) {
