@@ -26,6 +26,8 @@ export interface BenchRow {
  * @param oursMs Our time.
  * @param peerMs The baseline's time, if it ran.
  * @param backend What ran ours.
+ * @param ratio The ratio when measured otherwise (the median of interleaved repetitions' ratios);
+ *   default peerMs / oursMs.
  * @returns The row, times rounded to 0.1 ms (0.001 ms below 10 ms), the ratio to 3 decimals.
  */
 export function benchRow(
@@ -33,13 +35,14 @@ export function benchRow(
   oursMs: number,
   peerMs: number | null | undefined,
   backend: string,
+  ratio?: number,
 ): BenchRow {
   const peer = peerMs ?? null;
   return {
     name,
     ours_ms: roundMs(oursMs),
     peer_ms: peer === null ? null : roundMs(peer),
-    ratio: peer === null ? null : round(peer / oursMs, 3),
+    ratio: peer === null ? null : round(ratio ?? peer / oursMs, 3),
     backend,
   };
 }

@@ -10,9 +10,16 @@
  */
 import { describeBackend, selectBackend, useStockBackend } from "../backend/select.ts";
 import { attributionBatched, attributionReference } from "../bench/attribution_case.ts";
-import { type BenchCase, gptTrainStep, saeTopkStep, timeCase } from "../bench/cases.ts";
+import { type BenchCase, gptTrainStep, SAE_CASE, saeTopkStep, timeCase } from "../bench/cases.ts";
+import {
+  cpuEngineStep,
+  ENGINE_CASES,
+  engineEncoderProduct,
+  sgemmCeiling,
+} from "../bench/engine_cases.ts";
+import { timeInterleaved } from "../bench/interleave.ts";
 import { GPU_CONFIGS, gpuBench, type GpuConfig, runGpuConfig } from "../bench/gpu_bench.ts";
-import { torchPeer } from "../bench/peer.ts";
+import { servePeer, torchPeer } from "../bench/peer.ts";
 import { benchRow, formatRows } from "../bench/rows.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 
@@ -24,18 +31,63 @@ interface Timing {
   detail: string;
   /** A baseline timed in the same process instead of the PyTorch peer (e.g. a slow reference). */
   baselineMs?: number;
+  /** The peer timed interleaved with ours (null: the peer has no such case or did not run). */
+  peerMs?: number | null;
+  /** The median of the interleaved repetitions' peer / ours ratios. */
+  ratio?: number | null;
 }
 
 const CONFIGS = {
-  ours: { cases: [saeTopkStep, gptTrainStep], label: "" },
+  engine: { cases: [], label: "" },
+  "engine-1thread": { cases: [], label: " (1 thread)" },
+  ours: { cases: [gptTrainStep], label: "" },
   attribution: { cases: [], label: " (vs per-target loop)" },
   "stock-cpu": { cases: [saeTopkStep], label: " (stock tfjs cpu)" },
   "stock-wasm": { cases: [saeTopkStep], label: " (stock tfjs wasm)" },
 } as const;
 type Config = keyof typeof CONFIGS;
 
+// The child environment of a configuration: one thread for OpenMP and OpenBLAS in engine-1thread.
+const ONE_THREAD = { OMP_NUM_THREADS: "1", OPENBLAS_NUM_THREADS: "1" };
+
+/**
+ * The CPU SAE engine's steps interleaved with the PyTorch peer's (A B A B), and the sgemm
+ * ceiling and the engine's encoder product in the same rounds; prints JSON lines.
+ */
+async function runEngineConfig(config: Config, reps: number): Promise<void> {
+  const peer = await servePeer(PEER_SCRIPT, config === "engine-1thread" ? ["--threads", "1"] : []);
+  if (typeof peer === "string") console.error(`peer skipped: ${peer}`);
+  const cases = [
+    sgemmCeiling(),
+    await engineEncoderProduct(),
+    ...await Promise.all(ENGINE_CASES.map((name) => cpuEngineStep(name))),
+  ];
+  const rows = await timeInterleaved(
+    cases,
+    typeof peer === "string" ? undefined : peer,
+    ENGINE_CASES,
+    reps,
+  );
+  if (typeof peer !== "string") await peer.close();
+  for (const c of cases) c.dispose();
+  for (const r of rows) {
+    const row: Timing = {
+      name: r.name,
+      config,
+      ms: r.oursMs,
+      peerMs: r.peerMs,
+      ratio: r.ratio,
+      detail: r.detail,
+    };
+    console.log(JSON.stringify(row));
+  }
+}
+
 /** Runs one configuration in this process and prints its timings as JSON lines. */
 async function runConfig(config: Config, reps: number): Promise<void> {
+  if (config === "engine" || config === "engine-1thread") {
+    return await runEngineConfig(config, reps);
+  }
   let backend: string;
   if (config === "ours" || config === "attribution") {
     const selected = await selectBackend("auto");
@@ -85,6 +137,7 @@ async function childTimings(config: Config, reps: number): Promise<Timing[]> {
       "--reps",
       String(reps),
     ],
+    env: config === "engine-1thread" ? ONE_THREAD : {},
     stdout: "piped",
     stderr: "inherit",
   }).output();
@@ -95,10 +148,29 @@ async function childTimings(config: Config, reps: number): Promise<Timing[]> {
 const PEER_SCRIPT = new URL("../../tests/bench/peer_torch.py", import.meta.url).pathname;
 
 async function peerTimings(reps: number): Promise<Map<string, number>> {
-  const peer = await torchPeer(PEER_SCRIPT, ["--reps", String(reps)]);
+  // The SAE cases are timed interleaved with ours (the engine configurations).
+  const peer = await torchPeer(PEER_SCRIPT, ["--case", "gpt", "--reps", String(reps)]);
   if (typeof peer !== "string") return peer;
   console.error(`peer skipped: ${peer}`);
   return new Map();
+}
+
+// Each engine configuration's sgemm ceiling, its encoder product's share of it, and each step's
+// time in units of the ceiling.
+function ceilingLines(timings: readonly Timing[]): string[] {
+  const { tokens, d, features } = SAE_CASE;
+  const gflop = (2 * tokens * d * features) / 1e9;
+  return (["engine", "engine-1thread"] as const).flatMap((config) => {
+    const of = (name: string) => timings.find((t) => t.config === config && t.name === name)?.ms;
+    const [ceiling, product] = [of("sgemm_ceiling"), of("sae_encoder_product")];
+    if (ceiling === undefined || product === undefined) return [];
+    const steps = ENGINE_CASES.map((n) => `${n} ${(of(n)! / ceiling).toFixed(1)}×`).join(", ");
+    return [
+      `${config}: sgemm ceiling ${(gflop / ceiling * 1e3).toFixed(0)} GFLOP/s; the engine's ` +
+      `encoder product ${(gflop / product * 1e3).toFixed(0)} GFLOP/s = ` +
+      `${(100 * ceiling / product).toFixed(0)}% of it; steps in ceiling units: ${steps}`,
+    ];
+  });
 }
 
 /** The `bench` command. */
@@ -106,12 +178,18 @@ export const benchCommand: Command = {
   summary: "time SAE and GPT training steps against PyTorch and stock tfjs (ratios)",
   help: `Usage: deno task bench [--json] [--reps N] [--gpu [--run-steps N]]
 
-Times, in one run on this machine: (a) a TopK SAE training step (16,384 tokens × d 64 → 512
-features, k 10, AdamW), (b) a toy-GPT training step (32 × 128 tokens), (c) stock tfjs cpu and
-wasm on (a), the PyTorch peer (tests/bench/peer_torch.py, when python3 has torch) on (a) and
-(b), and (d) SCALAR edge attribution of one toy mlp-block pair (512 × 512, 24 × 24 sequences,
-4 steps) batched against the reference's per-target loop (both sampled and scaled to the whole
-pair). Prints median step times and ratio = baseline_ms / ours_ms (above 1: we are faster).
+Times, in one run on this machine: (a) SAE training steps through the CPU engine
+(lib/sae/cpu_engine.ts) on the paper's toy shapes (16,384 tokens × d 64, k 10, AdamW): a TopK SAE
+of 512 features, a Staircase chain of two sharing 1,024 features, a JSAE pair across an MLP —
+each interleaved with the PyTorch peer (tests/bench/peer_torch.py --serve, when python3 has
+torch) step by step (A B A B), ratio = the median of the per-step ratios; with all threads and
+with one (OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1, peer --threads 1); beside them OpenBLAS's
+sgemm on the encoder's shape (the ceiling) and the engine's encoder product, and each step in
+units of that ceiling; (b) a toy-GPT training step (32 × 128 tokens) against the peer; (c) stock
+tfjs cpu and wasm on the TopK step; and (d) SCALAR edge attribution of one toy mlp-block pair
+(512 × 512, 24 × 24 sequences, 4 steps) batched against the reference's per-target loop (both
+sampled and scaled to the whole pair). Prints median step times and ratio = baseline_ms /
+ours_ms (above 1: we are faster).
 
 With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/sae/gpu/) and through
 stock tfjs webgpu, (b) on stock tfjs webgpu, both against PyTorch CUDA (peer_torch.py --device
@@ -180,8 +258,9 @@ Options:
       benchRow(
         t.name + CONFIGS[t.config as Config].label,
         t.ms,
-        t.baselineMs ?? peer.get(t.name),
+        t.peerMs !== undefined ? t.peerMs : t.baselineMs ?? peer.get(t.name),
         t.detail,
+        t.ratio ?? undefined,
       )
     );
     if (values.json) {
@@ -189,7 +268,8 @@ Options:
       return 0;
     }
     for (const line of formatRows(rows)) console.log(line);
-    const ours = timings.find((t) => t.config === "ours" && t.name === "sae_topk_step")!;
+    for (const line of ceilingLines(timings)) console.log(line);
+    const ours = timings.find((t) => t.config === "engine" && t.name === "sae_topk_step")!;
     const stock = timings.filter((t) => t.config.startsWith("stock-"));
     console.log(
       `speed-up of ours over stock tfjs on sae_topk_step: ` +

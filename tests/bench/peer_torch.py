@@ -6,6 +6,14 @@ Cases (shapes from SPEC.md §2 and §4):
   sae_topk_step   one TopK SAE step on x[16384, 64] (seeded standard normal), 512 features, k = 10:
                   f = topk-scatter(relu((x - b_dec) @ W_enc + b_enc)), x_hat = f @ W_dec + b_dec,
                   loss = ((x_hat - x)^2).sum(-1).mean(), backward, Adam(lr 1e-3) step, zero_grad.
+  sae_staircase_step  one step of a Staircase chain of two SAEs (as at mlp-block): one shared
+                  dictionary of 1,024 features (W_enc [64, 1024], W_dec [1024, 64]); the first SAE
+                  uses its first 512, the second all 1,024, each with its own biases and its own
+                  x[16384, 64]; k = 10; the two losses summed, then as above.
+  sae_jsae_step   one JSAE step: TopK SAEs (512 features, k = 10) at an MLP's input and output
+                  (x_in, x_out [16384, 64]) and the Jacobian loss λ·Σ|J|/k² (λ = 1e-4) through the
+                  MLP (W_fc [64, 256], W_proj [256, 64]): A = W_dec_in @ W_fc, Bt = (W_proj @
+                  W_enc_out)^T, J = Bt[K2] @ (A[K1] * GELU'(z))^T per token, K = TopK indices.
   gpt_train_step  one step of the toy GPT `shakespeare_64x4` on batch x 128 seeded random tokens:
                   cross-entropy, backward, grad clipping to 1.0, AdamW(1e-3, (0.9, 0.95), wd 0.1).
 
@@ -16,6 +24,10 @@ step's time is the GPU's, not the launch queue's.
 
 Usage: /usr/bin/python3 tests/bench/peer_torch.py [--case sae|gpt|all] [--reps 10] [--batch 32]
                                                  [--threads N] [--device cpu|cuda] [--json]
+       /usr/bin/python3 tests/bench/peer_torch.py --serve [--threads N]
+With --serve it reads case names from stdin, one per line, and answers each with one timed step
+as a JSON line {"name", "ms"} (a case is built and warmed up at its first request): the caller
+interleaves these steps with its own (A B A B), so both see the same machine load.
 Exits 3 (peer skipped) when torch cannot be imported, or --device cuda has no CUDA device.
 """
 
@@ -94,6 +106,73 @@ def sae_step_fn(device, tokens=16384, d_in=64, n_features=512, k=10):
 
     detail = f"x[{tokens},{d_in}] -> {n_features}, k={k}, topk+scatter, dense decode, Adam"
     return step, detail
+
+
+def topk_features(pre, k):
+    values, indices = F.relu(pre).topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, indices, values), indices
+
+
+def staircase_step_fn(device, tokens=16384, d_in=64, chunk=512, k=10):
+    torch.manual_seed(SEED)
+    xs = [torch.randn(tokens, d_in).to(device) for _ in range(2)]
+    w_dec = torch.empty(2 * chunk, d_in)
+    nn.init.kaiming_uniform_(w_dec)
+    params = {"W_dec": nn.Parameter(w_dec.to(device)),
+              "W_enc": nn.Parameter(w_dec.t().clone().to(device))}
+    for j in range(2):
+        params[f"b_enc{j}"] = nn.Parameter(torch.zeros((j + 1) * chunk, device=device))
+        params[f"b_dec{j}"] = nn.Parameter(torch.zeros(d_in, device=device))
+    opt = torch.optim.Adam(params.values(), lr=1e-3)
+
+    def step():
+        loss = 0
+        for j, x in enumerate(xs):
+            width = (j + 1) * chunk
+            pre = (x - params[f"b_dec{j}"]) @ params["W_enc"][:, :width] + params[f"b_enc{j}"]
+            f, _ = topk_features(pre, k)
+            x_hat = f @ params["W_dec"][:width] + params[f"b_dec{j}"]
+            loss = loss + ((x_hat - x) ** 2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, f"2 x [{tokens},{d_in}] -> {chunk}/{2 * chunk} shared features, k={k}, Adam"
+
+
+def jsae_step_fn(device, tokens=16384, d_in=64, n_features=512, d_mlp=256, k=10, lam=1e-4):
+    torch.manual_seed(SEED)
+    x_in, x_out = (torch.randn(tokens, d_in).to(device) for _ in range(2))
+    sae_in, sae_out = (TopKSAE(d_in, n_features, k).to(device) for _ in range(2))
+    w_fc = (torch.randn(d_in, d_mlp) * 0.1).to(device)
+    b_fc = torch.zeros(d_mlp, device=device)
+    w_proj = (torch.randn(d_mlp, d_in) * 0.1).to(device)
+    opt = torch.optim.Adam([*sae_in.parameters(), *sae_out.parameters()], lr=1e-3)
+
+    def encode(sae, x):
+        return topk_features((x - sae.b_dec) @ sae.W_enc + sae.b_enc, k)
+
+    def step():
+        f_in, k1 = encode(sae_in, x_in)
+        f_out, k2 = encode(sae_out, x_out)
+        loss = ((f_in @ sae_in.W_dec + sae_in.b_dec - x_in) ** 2).sum(-1).mean()
+        loss = loss + ((f_out @ sae_out.W_dec + sae_out.b_dec - x_out) ** 2).sum(-1).mean()
+        with torch.no_grad():
+            z = x_in @ w_fc + b_fc
+            u = math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)
+            t = torch.tanh(u)
+            gelu_grad = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * math.sqrt(2 / math.pi) * (
+                1 + 3 * 0.044715 * z * z)
+        a = sae_in.W_dec @ w_fc
+        bt = (w_proj @ sae_out.W_enc).t()
+        j = bt[k2] @ (a[k1] * gelu_grad[:, None, :]).transpose(1, 2)
+        loss = loss + lam * j.abs().sum() / (k * k)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, (f"2 x [{tokens},{d_in}] -> {n_features}, k={k}, Jacobian through an MLP of "
+                  f"{d_mlp}, Adam")
 
 
 # ---------------------------------------------------------------- toy GPT
@@ -201,10 +280,33 @@ def bench_gpt(batch, reps, device):
     return median, fastest, f"{detail}, {label} ({note})"
 
 
-def bench_sae(reps, device):
-    step, detail = sae_step_fn(device)
+def bench_sae(make, reps, device):
+    step, detail = make(device)
     median, fastest = time_steps(step, reps, device)
     return median, fastest, detail
+
+
+SAE_CASES = {
+    "sae_topk_step": sae_step_fn,
+    "sae_staircase_step": staircase_step_fn,
+    "sae_jsae_step": jsae_step_fn,
+}
+
+
+def serve():
+    """Answers each case name read from stdin with one timed step (see the module docstring)."""
+    steps = {}
+    for line in sys.stdin:
+        name = line.strip()
+        if name not in steps:
+            step, _ = SAE_CASES[name]("cpu")
+            for _ in range(WARMUP_STEPS):
+                step()
+            steps[name] = step
+        start = time.perf_counter()
+        steps[name]()
+        ms = (time.perf_counter() - start) * 1000
+        print(json.dumps({"name": name, "ms": round(ms, 3)}), flush=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -218,6 +320,8 @@ def parse_args():
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--serve", action="store_true",
+                        help="time one step per case name read from stdin")
     args = parser.parse_args()
     for name in ("reps", "batch", "threads"):
         value = getattr(args, name)
@@ -234,10 +338,14 @@ def main():
         sys.exit(3)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.serve:
+        serve()
+        return
     cases = {
-        "sae_topk_step": lambda: bench_sae(args.reps, args.device),
-        "gpt_train_step": lambda: bench_gpt(args.batch, args.reps, args.device),
+        name: (lambda make=make: bench_sae(make, args.reps, args.device))
+        for name, make in SAE_CASES.items()
     }
+    cases["gpt_train_step"] = lambda: bench_gpt(args.batch, args.reps, args.device)
     if args.case != "all":
         cases = {k: v for k, v in cases.items() if k.startswith(args.case)}
     threads = torch.get_num_threads()
