@@ -391,24 +391,33 @@ async function accumulateGram(o: GradientRows, gram: Float64Array, memory: numbe
 }
 
 /**
- * score[i, j]² = w_iᵀ C_j w_i from the Gram matrices (float64), into `sumSq` `[F_down][F_up]`;
- * rounding below 0 is clamped, so an all-zero C_j (a target never kept) gives exact zeros.
+ * score[i, j]² = w_iᵀ C_j w_i from the Gram matrices, into `sumSq` `[F_down][F_up]`: as
+ * rowsum((W_dec_up · C_j) ∘ W_dec_up) in float32 products, a block of targets at a time (within
+ * `memory` bytes). Rounding below 0 is clamped, and an all-zero C_j (a target never kept) gives
+ * exact zeros.
  */
-function gramScores(gram: Float64Array, wDecUp: Float32Array, D: number, sumSq: Float64Array) {
-  const fUp = wDecUp.length / D, fDown = gram.length / (D * D);
-  for (let j = 0; j < fDown; j++) {
-    const c = gram.subarray(j * D * D, (j + 1) * D * D);
-    if (c.every((v) => v === 0)) continue;
-    for (let i = 0; i < fUp; i++) {
-      const w = wDecUp.subarray(i * D, (i + 1) * D);
-      let total = 0;
-      for (let a = 0; a < D; a++) {
-        let sum = 0;
-        for (let b = 0; b < D; b++) sum += c[a * D + b]! * w[b]!;
-        total += w[a]! * sum;
-      }
-      sumSq[j * fUp + i] = total > 0 ? total : 0;
-    }
+async function gramScores(
+  gram: Float64Array,
+  wDecUp: tf.Tensor2D,
+  sumSq: Float64Array,
+  memory: number,
+): Promise<void> {
+  const [fUp, D] = wDecUp.shape;
+  const fDown = gram.length / (D * D);
+  const block = Math.max(1, Math.floor(memory / (4 * 2 * fUp * D)));
+  for (let j0 = 0; j0 < fDown; j0 += block) {
+    const j1 = Math.min(fDown, j0 + block);
+    const sq = tf.tidy(() => {
+      const c = tf.tensor3d(Float32Array.from(gram.subarray(j0 * D * D, j1 * D * D)), [
+        j1 - j0,
+        D,
+        D,
+      ]);
+      const wc = tf.matMul(wDecUp.expandDims(0), c); // [j, F_up, D], W broadcast
+      return wc.mul(wDecUp).sum(2).relu();
+    });
+    sumSq.set((await sq.data()) as Float32Array, j0 * fUp);
+    sq.dispose();
   }
 }
 
@@ -614,7 +623,7 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
           `sequences, ${((performance.now() - batchStarted) / 1000).toFixed(1)}s`,
       );
     }
-    if (gram) gramScores(gram, (await fixed.wDecUp.data()) as Float32Array, D, sumSq);
+    if (gram) await gramScores(gram, fixed.wDecUp, sumSq, memory);
   } finally {
     tf.dispose([fixed.wDecUp, fixed.wEncDownT]);
   }
