@@ -7,7 +7,7 @@
  * deno bundle --platform=deno bench/gpu.ts -o .gpu/gpu.js
  * deno run -A .gpu/gpu.js [bench] [--json] [--reps N] [--rounds N] [--configs LIST] [--run-steps N] [--peer PATH]
  * deno run -A .gpu/gpu.js scalar [--json] [--model DIR] [--tiny]
- * deno run -A .gpu/gpu.js gpt2 [--json] [--steps N] [--tiny]
+ * deno run -A .gpu/gpu.js gpt2 [--json] [--steps N] [--seconds S] [--tiny]
  * ```
  *
  * `bench` is `deno task bench --gpu` (`lib/bench/gpu_bench.ts`); its PyTorch CUDA peer is
@@ -34,7 +34,7 @@ const USAGE =
   `usage: gpu.js [bench] [--json] [--reps N] [--rounds N] [--configs engine,stock-webgpu,runs]
                       [--run-steps N] [--peer PATH]
        gpu.js scalar [--json] [--model DIR] [--tiny]
-       gpu.js gpt2 [--json] [--steps N] [--tiny]`;
+       gpu.js gpt2 [--json] [--steps N] [--seconds S] [--tiny]`;
 
 const fail = (why: string): never => {
   console.error(`${why}\n${USAGE}`);
@@ -56,6 +56,7 @@ const { values, positionals } = parseArgs({
     tiny: { type: "boolean" },
     steps: { type: "string" },
     "engine-tokens": { type: "string" },
+    seconds: { type: "string" },
   },
 });
 const count = (value: string | undefined, name: string) => {
@@ -74,22 +75,22 @@ if (command === "scalar" || command === "gpt2") {
   const backend = await selectBackend("webgpu");
   console.error(`backend: ${backend.detail}`);
   if (command === "scalar") {
-    const rows = await scalarPairTimings({
+    await scalarPairTimings({
       model: values.model,
       shape: values.tiny ? TINY_GPT : undefined,
       sizes: values.tiny ? TINY_SCALAR_SIZES : PAPER_SCALAR_SIZES,
       log: (line) => console.error(line),
+      onTiming: (r) =>
+        print(
+          { ...r, backend: backend.detail },
+          `${r.name} ${r.pair}: attribution ${r.attributionMs.toFixed(0)} ms, ablation ` +
+            `${r.ablationMs.toFixed(0)} ms (${r.detail})`,
+        ),
     });
-    for (const r of rows) {
-      print(
-        { ...r, backend: backend.detail },
-        `${r.name} ${r.pair}: attribution ${r.attributionMs.toFixed(0)} ms, ablation ` +
-          `${r.ablationMs.toFixed(0)} ms (${r.detail})`,
-      );
-    }
   } else {
     const r = await gpt2Shape({
       steps: count(values.steps, "steps") ?? 200,
+      seconds: count(values.seconds, "seconds"),
       tiny: values.tiny,
       log: (line) => console.error(line),
     });

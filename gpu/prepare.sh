@@ -9,9 +9,9 @@
 #   .gpu/npm.tar.xz      Deno's npm cache of DuckDB's packages, the one native dependency a bundle
 #                        cannot hold (the grid writes DuckDB shards); musl's 73 MB library is left
 #                        out (a glibc host never loads it; Deno only needs its package folder)
-#   .gpu/tests.js        the GPU engine's tests (every lib/ test that takes the WebGPU device), one file
-#   .gpu/gpu.js          bench/gpu.ts: the bench, the SCALAR pair timings, GPT-2 Small's shape
-#   .gpu/main.js         main.ts (run, merge…), DuckDB left outside as an npm import
+#   .gpu/tests.js.xz     the GPU engine's tests (every lib/ test that takes the WebGPU device), one file
+#   .gpu/gpu.js.xz       bench/gpu.ts: the bench, the SCALAR pair timings, GPT-2 Small's shape
+#   .gpu/main.js.xz      main.ts (run, merge…), DuckDB left outside as an npm import
 #   .gpu/deno.json       the config the bundles run under: DuckDB's npm name, no node_modules folder
 #   .gpu/vega/           the Vega runtime the HTML report inlines (a run writes one when it ends)
 #   .gpu/model/          with --model DIR: the toy model, put where the grid's manifest reads it
@@ -106,14 +106,22 @@ trap 'rm -f "$entry"; [ -z "${stage:-}" ] || rm -rf "$stage"' EXIT
   grep -rlE --include='*_test.ts' 'gpuTest|requestGpu|/gpu/' lib | sort | sed 's|.*|import "./&";|'
 } > "$entry"
 [ "$(grep -c import "$entry")" -gt 0 ] || { echo "gpu/prepare.sh: no GPU tests under lib/" >&2; exit 1; }
-bundle() { deno bundle --quiet --platform=deno --external=@duckdb/node-api -o "$out/$1" "$2"; }
+# Compressed (15 MB → 3 MB): the device tool carries at most 64 MiB, the checkout included.
+bundle() {
+  deno bundle --quiet --platform=deno --external=@duckdb/node-api -o "$out/$1" "$2"
+  xz -T2 -6 -f "$out/$1"
+}
 bundle tests.js "$entry"
 bundle gpu.js bench/gpu.ts
 bundle main.js main.ts
 
 if [ -n "$model" ]; then
   [ -f "$model/config.json" ] || { echo "gpu/prepare.sh: --model $model holds no config.json" >&2; exit 1; }
-  rm -rf "$out/model" && cp -r "$model" "$out/model" && rm -f "$out/model"/state.*
+  if [ -f "$model/state.json" ]; then
+    echo "gpu/prepare.sh: --model $model: its training is unfinished (state.json is there); finish it first" >&2
+    exit 1
+  fi
+  rm -rf "$out/model" && cp -r "$model" "$out/model"
 fi
 cp gpu/run.sh "$out/run.sh"
 du -sh "$out"

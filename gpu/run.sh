@@ -13,15 +13,15 @@
 #              random HF-layout weights, per-step time, projected wall time of the GPT-2 manifests
 #
 # What comes back, under $OUT (at most 8 files, as the device tool returns them):
-#   summary.json  per step: status (ok, failed, timeout), exit code, seconds; the adapter
+#   summary.json  per step: status (ok, failed, timeout), exit code, seconds; the GPU, the date
 #   call.log      every step's output, in order
 #   bench.jsonl   bench rows (ours_ms, peer_ms, ratio) · scalar.jsonl · gpt2.jsonl
-#   shards.tar    results/shards/<run id>.duckdb of each committed run: here,
-#                 `tar -xf shards.tar -C results && deno task merge` imports them
+#   shards.tar.gz results/shards/<run id>.duckdb of each committed run: here,
+#                 `tar -xf shards.tar.gz -C results && deno task merge` imports them
 #
 # Sizes come from the environment, so the same script runs here with tiny ones (tests/gpu_call_test.ts):
 #   GPU_CALL_TINY=1            tiny sizes for every step (a software adapter takes seconds per step)
-#   GPU_CALL_CAPS="t b s g p"  the five caps in seconds (default "75 110 50 200 45": ~8 min)
+#   GPU_CALL_CAPS="t b s g p"  the five caps in seconds (default "70 100 60 180 60": ~8 min)
 #   GPU_CALL_STEPS="1 2 3 4 5" the steps to run
 #   GPU_CALL_MANIFEST          the grid's manifest (default experiments/toy-mlp-block.yaml)
 #   GPU_CALL_TEST_FILTER       only the GPU tests whose name matches (deno test --filter)
@@ -38,7 +38,7 @@ log="$OUT/call.log"
 : > "$log"
 say() { echo "[gpu-call $(date -u +%H:%M:%S)] $*" | tee -a "$log" >&2; }
 tiny="${GPU_CALL_TINY:-0}"
-read -r cap_tests cap_bench cap_scalar cap_grid cap_gpt2 <<< "${GPU_CALL_CAPS:-75 110 50 200 45}"
+read -r cap_tests cap_bench cap_scalar cap_grid cap_gpt2 <<< "${GPU_CALL_CAPS:-70 100 60 180 60}"
 steps=" ${GPU_CALL_STEPS:-1 2 3 4 5} "
 manifest="$(realpath "${GPU_CALL_MANIFEST:-experiments/toy-mlp-block.yaml}")"
 workdir="$(realpath "${GPU_CALL_WORKDIR:-$root}")"
@@ -64,6 +64,8 @@ if [ -f "$gpu/deno.xz" ]; then
     python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('$gpu/deno.xz'),open('$deno','wb'))"
   chmod +x "$deno"
 fi
+# The bundles, unpacked beside their config (its import map's paths are relative to it).
+for f in "$gpu"/*.js.xz; do xz -dkf "$f"; done
 if [ -f "$gpu/npm.tar.xz" ]; then
   export DENO_DIR=/tmp/gpu-call-denodir
   mkdir -p "$DENO_DIR" && tar -C "$DENO_DIR" -xJf "$gpu/npm.tar.xz"
@@ -99,7 +101,7 @@ if [[ $steps == *" 1 "* ]]; then
 fi
 
 if [[ $steps == *" 2 "* ]]; then
-  if [ "$tiny" = 1 ]; then bench=(--reps 1 --rounds 2 --configs engine --engine-tokens 1024); else bench=(--reps 20 --rounds 5); fi
+  if [ "$tiny" = 1 ]; then bench=(--reps 1 --rounds 2 --configs engine --engine-tokens 1024); else bench=(--reps 30 --rounds 3 --run-steps 750); fi
   step bench "$cap_bench" "$OUT/bench.jsonl" "${js[@]}" "$gpu/gpu.js" bench --json --peer "$root/tests/bench/peer_torch.py" "${bench[@]}"
 fi
 
@@ -135,14 +137,16 @@ if [[ $steps == *" 4 "* ]]; then
     step "grid-run-$id" "$(left)" - "${js[@]}" "$gpu/main.js" run "$manifest" --run-id "$id" --db "$shard" --yes --backend webgpu
     case "${summary[-1]}" in *'"status":"timeout"'*) rm -f "$shard" "$shard.wal" ;; esac
   done
-  tar -C "$OUT/grid" -cf "$OUT/shards.tar" shards
+  tar -C "$OUT/grid" -czf "$OUT/shards.tar.gz" shards
   rm -rf "$OUT/grid"
   cd "$root"
 fi
 
 if [[ $steps == *" 5 "* ]]; then
+  # Steps stop after cap − 30 s (writing 500 MB of random weights and reading them back come
+  # first), so that a slow step still leaves a step time and the projection.
   gpt2=(--steps "${GPU_CALL_GPT2_STEPS:-200}")
-  [ "$tiny" = 1 ] && gpt2+=(--tiny)
+  if [ "$tiny" = 1 ]; then gpt2+=(--tiny); else gpt2+=(--seconds $((cap_gpt2 > 40 ? cap_gpt2 - 30 : 10))); fi
   step gpt2 "$cap_gpt2" "$OUT/gpt2.jsonl" "${js[@]}" "$gpu/gpu.js" gpt2 --json "${gpt2[@]}"
 fi
 

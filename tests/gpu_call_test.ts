@@ -93,7 +93,7 @@ Deno.test({
         `${tmp}/gpu`,
       ]);
       assert.equal(prepared.code, 0, prepared.stderr);
-      for (const f of ["tests.js", "gpu.js", "main.js", "deno.json", "run.sh"]) {
+      for (const f of ["tests.js.xz", "gpu.js.xz", "main.js.xz", "deno.json", "run.sh"]) {
         assert.ok((await Deno.stat(`${tmp}/gpu/${f}`)).size > 0, f);
       }
       await Deno.mkdir(`${tmp}/work`);
@@ -136,7 +136,7 @@ Deno.test({
       assert.ok(scalar.every((r) => r.attributionMs > 0 && r.ablationMs > 0));
       // The shards merge into a fresh database here, as `deno task merge` does after the call.
       await Deno.mkdir(`${tmp}/merge`);
-      const untar = await sh(["tar", "-xf", `${out}/shards.tar`, "-C", `${tmp}/merge`]);
+      const untar = await sh(["tar", "-xf", `${out}/shards.tar.gz`, "-C", `${tmp}/merge`]);
       assert.equal(untar.code, 0, untar.stderr);
       const db = `${tmp}/merge/scalar.duckdb`;
       const merged = await sh(["deno", "run", "-A", "main.ts", "merge", "--db", db]);

@@ -102,6 +102,15 @@ function stepClock(source: ActivationSource, stepRows: number) {
   return { timed, starts };
 }
 
+/** A signal that fires `seconds` after the first step began (polled, since that is not yet). */
+function deadline(starts: readonly number[], seconds: number) {
+  const abort = new AbortController();
+  const poll = setInterval(() => {
+    if (starts.length > 0 && performance.now() - starts[0]! > seconds * 1000) abort.abort();
+  }, 100);
+  return { signal: abort.signal, stop: () => clearInterval(poll) };
+}
+
 /** The median of the gaps between successive values. */
 function medianGap(times: readonly number[]): number {
   const gaps = times.slice(1).map((t, i) => t - times[i]!).sort((a, b) => a - b);
@@ -112,8 +121,10 @@ function medianGap(times: readonly number[]): number {
  * Trains `gpt2-mlp.yaml`'s TopK SAEs for `steps` steps on random GPT-2 weights and projects the
  * GPT-2 manifests' wall time.
  *
- * @param o Steps (≥ 4), and `tiny` for a software adapter's sizes.
+ * @param o Steps (≥ 4), `seconds` to stop sooner (after the step in progress; at least four steps
+ *   must have run), and `tiny` for a software adapter's sizes.
  * @returns The step time and the projections.
+ * @throws {RangeError} If fewer than four steps ran before `seconds` ran out.
  *
  * @example
  * ```ts
@@ -125,7 +136,7 @@ function medianGap(times: readonly number[]): number {
  * ```
  */
 export async function gpt2Shape(
-  o: { steps: number; tiny?: boolean; log?: (line: string) => void },
+  o: { steps: number; seconds?: number; tiny?: boolean; log?: (line: string) => void },
 ): Promise<Gpt2ShapeResult> {
   if (!Number.isInteger(o.steps) || o.steps < 4) {
     throw new RangeError(`Cannot time ${o.steps} GPT-2 SAE steps: need an integer ≥ 4`);
@@ -156,6 +167,8 @@ export async function gpt2Shape(
     );
     const stream = streamActivations({ model, tokens, seqLen: shape.nCtx, batchSequences: 1 });
     const { timed, starts } = stepClock(stream, train.batch * shape.nCtx);
+    // The clock starts with the first step: weights, SAEs and kernels are made by then.
+    const clock = o.seconds === undefined ? undefined : deadline(starts, o.seconds);
     try {
       await trainSaes({
         saes,
@@ -167,10 +180,17 @@ export async function gpt2Shape(
         outDir: join(dir, "saes"),
         provenance: {},
         log: o.log ?? (() => {}),
+        signal: clock?.signal,
       });
     } finally {
+      clock?.stop();
       saes.dispose();
       model.dispose();
+    }
+    if (starts.length < 4) {
+      throw new RangeError(
+        `Cannot time GPT-2 SAE steps: ${starts.length} began within ${o.seconds} s; allow more`,
+      );
     }
     const stepMs = medianGap(starts.slice(2));
     const perStep = (c: SaeRunConfig) =>

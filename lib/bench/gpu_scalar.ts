@@ -95,7 +95,8 @@ export interface ScalarPairTiming {
 /**
  * Times attribution and ablation of the first pair at `mlp-block` and at `block`.
  *
- * @param o The model (a toy checkpoint folder; unset: `shape` randomly initialised), the sizes.
+ * @param o The model (a toy checkpoint folder; unset: `shape` randomly initialised), the sizes,
+ *   and `onTiming`, told each timing as it is taken (a caller cut off by a time cap keeps those).
  * @returns One timing per position, in that order.
  *
  * @example
@@ -111,6 +112,7 @@ export async function scalarPairTimings(o: {
   shape?: GPTConfig;
   sizes: ScalarPairSizes;
   log?: (line: string) => void;
+  onTiming?: (t: ScalarPairTiming) => void;
 }): Promise<ScalarPairTiming[]> {
   const model = o.model === undefined
     ? GPT.init(o.shape ?? SHAKESPEARE_64X4, 0)
@@ -160,7 +162,7 @@ export async function scalarPairTimings(o: {
           bootstrap: { resamples: s.bootstrap, seed: 0 },
           log,
         });
-        out.push({
+        const timing: ScalarPairTiming = {
           name: `scalar_pair ${position}`,
           pair: `${pair.up}→${pair.down}`,
           attributionMs,
@@ -170,7 +172,9 @@ export async function scalarPairTimings(o: {
             `${s.features} × ${s.features} TopK k=${s.k}; attribution ${s.igSteps} IG steps ` +
             `over ${s.igSequences} × ${nCtx} tokens (batches of ${s.igBatch}); ablation ` +
             `${curve.length} edge counts × ${s.prompts} prompts, ${s.bootstrap} resamples`,
-        });
+        };
+        out.push(timing);
+        o.onTiming?.(timing);
       } finally {
         saes.dispose();
       }
