@@ -299,8 +299,14 @@ function barSpec(
   subtitle?: string[],
 ): vl.TopLevelSpec {
   const enc = {
-    x: { field: x, type: "ordinal", title: x === "layer" ? "layer" : null },
-    xOffset: { field: "series" },
+    x: {
+      field: x,
+      type: "ordinal",
+      title: x === "layer" ? "layer" : null,
+      axis: { labelAngle: x === "layer" ? 0 : -35, labelLimit: 240 },
+    },
+    // Bars in the legend's order (the report's cell order), not alphabetically.
+    xOffset: { field: "series", sort: color.domain },
   } as const;
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",

@@ -175,13 +175,13 @@ prints them; ⟦ ⟧ marks the token the activation was read at), for one run pe
     browser ? ' · <a href="#features">Feature browser</a>' : ""
   }</nav>
 <h2 id="charts">Charts</h2>
-${
+<div class="charts">${
     parts.charts.map((c, i) =>
       `<figure><div class="chart" id="chart-${i}" aria-label="${
         escapeHtml(c.title)
       }"></div></figure>`
     ).join("\n")
-  }
+  }</div>
 <h2 id="tables">Tables</h2>
 ${markdownToHtml(parts.markdown)}
 ${browser}
@@ -211,9 +211,9 @@ function compactSae(s: BrowsedSae) {
 }
 
 const PAGE_CSS = `
-body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1160px; color: #222; padding: 0 16px; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1120px; color: #222; padding: 0 16px; }
 h1 { margin-bottom: 0; } .sub { color: #666; margin-top: 4px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; } th { background: #f4f4f4; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .charts { display: flex; flex-wrap: wrap; gap: 8px 24px; } figure { margin: 8px 0 16px; } .controls { margin: 8px 0; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
