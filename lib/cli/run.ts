@@ -9,6 +9,7 @@ import { backendChoiceFrom, describeBackend, selectBackend } from "../backend/se
 import {
   type ExpandedRun,
   expandManifest,
+  type ExperimentManifest,
   type ManifestExpansion,
 } from "../experiment/manifest.ts";
 import { estimateRuns, formatEstimate, measureThroughput } from "../experiment/estimate.ts";
@@ -274,7 +275,10 @@ async function runPending(pending: ExpandedRun[], o: GridOptions): Promise<numbe
       if (line === undefined) continue;
       summary.push(line);
       live.result(line);
-      if (outcome.kind === "failed" && (failed++, values["fail-fast"])) break;
+      if (outcome.kind === "failed") {
+        failed++;
+        if (values["fail-fast"]) break;
+      }
       if (abort.signal.aborted) {
         console.error("interrupted: run the same command again to run the rest");
         return 130;

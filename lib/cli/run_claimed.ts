@@ -202,6 +202,7 @@ export async function runClaimed(
   const saved = await readSaved(savedPath);
   if (saved) {
     ctx.log(`importing the finished result kept in ${savedPath}`);
+    record.wallSeconds = saved.wallSeconds;
     await storeSaved(ctx, record, saved);
     return { kind: "done", result: saved.result, imported: true };
   }

@@ -26,6 +26,7 @@ import { createHash } from "node:crypto";
 import { extname, join, relative } from "node:path";
 import { writeFileAtomic } from "../model/safetensors.ts";
 import { formatCount, formatDuration } from "../util/progress.ts";
+import { cachedSha256File } from "../util/sha256_file.ts";
 import { CorpusError, defaultCacheDir } from "./corpus.ts";
 import { splitTrainVal } from "./split.ts";
 
@@ -214,6 +215,8 @@ async function hashFile(source: Source, progress: ByteProgress): Promise<string>
  *
  * @param path A `.txt`/`.jsonl` file or a folder of them.
  * @param textField The field of each `.jsonl` line that holds the text. @default "text"
+ * @param hashCache Where the files' hashes are kept between calls (see `cachedSha256File`);
+ * unset, every file is read.
  * @returns 64 lowercase hex digits.
  * @throws {CorpusError} Naming the file or folder that is missing, unreadable or of no known kind.
  *
@@ -230,11 +233,25 @@ async function hashFile(source: Source, progress: ByteProgress): Promise<string>
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export async function corpusSourcesSha256(path: string, textField = "text"): Promise<string> {
+export async function corpusSourcesSha256(
+  path: string,
+  textField = "text",
+  hashCache?: string,
+): Promise<string> {
   const sources = await listSources(path);
   const quiet = new ByteProgress(false, 0, () => "", () => {});
   const hashes: string[] = [];
-  for (const source of sources) hashes.push(await hashFile(source, quiet));
+  for (const source of sources) {
+    hashes.push(
+      hashCache === undefined
+        ? await hashFile(source, quiet)
+        : await cachedSha256File(source.path, hashCache).catch((error) => {
+          throw new CorpusError(`Cannot read corpus file "${source.path}": ${messageOf(error)}`, {
+            cause: error,
+          });
+        }),
+    );
+  }
   const hasJsonl = sources.some((s) => s.kind === "jsonl");
   return createHash("sha256").update(JSON.stringify({
     textField: hasJsonl ? textField : null,

@@ -15,9 +15,9 @@ import { createHash } from "node:crypto";
 import { basename, normalize } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { BACKEND_CHOICES, type BackendChoice } from "../backend/select.ts";
-import { CORPORA } from "../data/corpus.ts";
+import { CORPORA, defaultCacheDir } from "../data/corpus.ts";
 import { corpusSourcesSha256 } from "../data/text_corpus.ts";
-import { sha256File } from "../util/sha256_file.ts";
+import { cachedSha256File } from "../util/sha256_file.ts";
 import { type GPTConfig, MODEL_PRESETS } from "../model/gpt.ts";
 import { GPT2_FILES, gpt2DownloadHint, gptConfigFromHf } from "../model/gpt2.ts";
 import { MODEL_KINDS } from "../model/load.ts";
@@ -735,12 +735,17 @@ async function inspectWeights(
   if (found.problem) return found;
   const file = `${dir}/${GPT2_FILES.weights}`;
   try {
-    return { ...found, sha256: await sha256File(file) };
+    return { ...found, sha256: await cachedSha256File(file, hashCache()) };
   } catch (e) {
     return {
       problem: `Cannot read model weights "${file}": ${e instanceof Error ? e.message : e}`,
     };
   }
+}
+
+/** Where manifest checking keeps the sha256 of model and data files between commands. */
+function hashCache(): string {
+  return `${defaultCacheDir()}/sha256`;
 }
 
 /**
@@ -771,7 +776,7 @@ async function checkData(
       hashes.set(
         key,
         path
-          ? corpusSourcesSha256(config.dataPath!, textField).then(
+          ? corpusSourcesSha256(config.dataPath!, textField, hashCache()).then(
             (sha256) => ({ sha256 }),
             (e) => ({ problem: e instanceof Error ? e.message : String(e) }),
           )

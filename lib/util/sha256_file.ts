@@ -1,9 +1,12 @@
 /**
- * The sha256 of a file's bytes, read as a stream (a model's weights can be gigabytes).
+ * The sha256 of a file's bytes, read as a stream (a model's weights can be gigabytes), and a
+ * cache of it keyed by where the file is, its size, modification time and inode, so that checking
+ * a manifest again does not read gigabytes again; any rewrite of the file changes the key.
  *
  * @module
  */
 import { createHash } from "node:crypto";
+import { join } from "node:path";
 
 /**
  * Hashes a file.
@@ -31,4 +34,45 @@ export async function sha256File(path: string): Promise<string> {
   // The stream closes the file when it ends or fails.
   for await (const chunk of file.readable) hash.update(chunk);
   return hash.digest("hex");
+}
+
+/**
+ * Hashes a file, or reads its hash from `cacheDir` when the file has not changed since (same
+ * real path, size, modification time and inode). A cache that cannot be written is skipped.
+ *
+ * @param path The file.
+ * @param cacheDir Where the hashes are kept (created when needed).
+ * @returns Its sha256 as 64 lowercase hex digits.
+ * @throws Deno's error when the file cannot be read.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { cachedSha256File } from "./sha256_file.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${dir}/f`, "abc");
+ * const first = await cachedSha256File(`${dir}/f`, `${dir}/cache`);
+ * equal(await cachedSha256File(`${dir}/f`, `${dir}/cache`), first);
+ * await Deno.writeTextFile(`${dir}/f`, "abcd");
+ * equal(
+ *   await cachedSha256File(`${dir}/f`, `${dir}/cache`),
+ *   "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589",
+ * );
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export async function cachedSha256File(path: string, cacheDir: string): Promise<string> {
+  const stat = await Deno.stat(path);
+  const key = createHash("sha256")
+    .update(JSON.stringify([await Deno.realPath(path), stat.size, stat.mtime?.getTime(), stat.ino]))
+    .digest("hex");
+  const entry = join(cacheDir, key);
+  const known = await Deno.readTextFile(entry).catch(() => "");
+  if (/^[0-9a-f]{64}$/.test(known)) return known;
+  const sha256 = await sha256File(path);
+  await Deno.mkdir(cacheDir, { recursive: true })
+    .then(() => Deno.writeTextFile(`${entry}.tmp-${Deno.pid}`, sha256))
+    .then(() => Deno.rename(`${entry}.tmp-${Deno.pid}`, entry))
+    .catch(() => {});
+  return sha256;
 }
