@@ -57,7 +57,7 @@ if [ "$skip_download" = 0 ]; then
     libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 
   echo "Deno binary…"
-  xz -T2 -9 -c "$(command -v deno)" > "$out/deno.xz.part" && mv "$out/deno.xz.part" "$out/deno.xz"
+  xz -T2 -6 -c "$(command -v deno)" > "$out/deno.xz.part" && mv "$out/deno.xz.part" "$out/deno.xz"
 
   echo "DuckDB's npm packages…"
   npm_cache="$(deno info --json | jq -r .npmCache)/registry.npmjs.org"
@@ -79,7 +79,7 @@ if [ "$skip_download" = 0 ]; then
       esac
     done
   done
-  tar -C "$stage" -cf - npm | xz -T2 -9 > "$out/npm.tar.xz"
+  tar -C "$stage" -cf - npm | xz -T2 -6 > "$out/npm.tar.xz"
 fi
 
 # The DuckDB version the project pins, so the bundle's npm import names the cached one; and the

@@ -15,7 +15,7 @@
 # What comes back, under $OUT (at most 8 files, as the device tool returns them):
 #   summary.json  per step: status (ok, failed, timeout), exit code, seconds; the GPU, the date
 #   call.log      every step's output, in order
-#   bench.jsonl   bench rows (ours_ms, peer_ms, ratio) · scalar.jsonl · gpt2.jsonl
+#   bench.jsonl   bench rows (ours_ms, peer_ms, ratio) · bench-stock.jsonl · scalar.jsonl · gpt2.jsonl
 #   shards.tar.gz results/shards/<run id>.duckdb of each committed run: here,
 #                 `tar -xf shards.tar.gz -C results && deno task merge` imports them
 #
@@ -57,18 +57,20 @@ if [ -d "$gpu/gl" ] && { [ -d /usr/local/nvidia ] || command -v nvidia-smi > /de
 fi
 # The bundles cannot find the checkout's data/ from where they sit: name it.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}" NO_COLOR=1 SCALAR_DATA_DIR="${SCALAR_DATA_DIR:-$root/data}"
+# xz, or Python's lzma where the host lacks xz: unxz SRC DST.
+unxz() { xz -dc "$1" > "$2" 2> /dev/null || python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]),open(sys.argv[2],'wb'))" "$1" "$2"; }
 deno=deno
 if [ -f "$gpu/deno.xz" ]; then
   deno=/tmp/gpu-call-deno
-  xz -dc "$gpu/deno.xz" > "$deno" 2> /dev/null ||
-    python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('$gpu/deno.xz'),open('$deno','wb'))"
-  chmod +x "$deno"
+  unxz "$gpu/deno.xz" "$deno" && chmod +x "$deno"
 fi
 # The bundles, unpacked beside their config (its import map's paths are relative to it).
-for f in "$gpu"/*.js.xz; do xz -dkf "$f"; done
+for f in "$gpu"/*.js.xz; do unxz "$f" "${f%.xz}"; done
 if [ -f "$gpu/npm.tar.xz" ]; then
   export DENO_DIR=/tmp/gpu-call-denodir
-  mkdir -p "$DENO_DIR" && tar -C "$DENO_DIR" -xJf "$gpu/npm.tar.xz"
+  mkdir -p "$DENO_DIR"
+  tar -C "$DENO_DIR" -xJf "$gpu/npm.tar.xz" 2> /dev/null ||
+    python3 -c "import sys,tarfile;tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$gpu/npm.tar.xz" "$DENO_DIR"
 fi
 js=("$deno" run -A --cached-only --config "$gpu/deno.json")
 
@@ -101,8 +103,15 @@ if [[ $steps == *" 1 "* ]]; then
 fi
 
 if [[ $steps == *" 2 "* ]]; then
-  if [ "$tiny" = 1 ]; then bench=(--reps 1 --rounds 2 --configs engine --engine-tokens 1024); else bench=(--reps 30 --rounds 3 --run-steps 750); fi
-  step bench "$cap_bench" "$OUT/bench.jsonl" "${js[@]}" "$gpu/gpu.js" bench --json --peer "$root/tests/bench/peer_torch.py" "${bench[@]}"
+  # The engine against PyTorch CUDA first, on its own half of the cap, so that a slow stock tfjs
+  # case cannot take the ratio with it; then stock tfjs webgpu and the training runs.
+  bench=("${js[@]}" "$gpu/gpu.js" bench --json --peer "$root/tests/bench/peer_torch.py")
+  if [ "$tiny" = 1 ]; then
+    step bench "$cap_bench" "$OUT/bench.jsonl" "${bench[@]}" --reps 1 --rounds 2 --configs engine --engine-tokens 1024
+  else
+    step bench "$((cap_bench / 2))" "$OUT/bench.jsonl" "${bench[@]}" --reps 30 --rounds 3 --configs engine
+    step bench-stock "$((cap_bench / 2))" "$OUT/bench-stock.jsonl" "${bench[@]}" --reps 10 --configs stock-webgpu,runs --run-steps 750
+  fi
 fi
 
 # The toy model where the grid's manifest reads it, when the checkout lacks it (results/ is
