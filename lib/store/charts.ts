@@ -129,7 +129,14 @@ function colorScale(labels: string[]) {
  * import { buildCharts } from "./charts.ts";
  *
  * const charts = buildCharts({
- *   report: { experiment: "x", curve: "model", metricNames: [], hasParams: false, positions: [] },
+ *   report: {
+ *     experiment: "x",
+ *     curve: "model",
+ *     metricNames: [],
+ *     diagnosticNames: [],
+ *     hasParams: false,
+ *     positions: [],
+ *   },
  *   runs: [],
  *   curves: [],
  * });
