@@ -1,8 +1,8 @@
 /**
  * Benchmark workloads for SCALAR edge attribution (`lib/scalar/attribution.ts`): the paper's toy
- * pair at `mlp-block` (512 × 512 TopK features, k 10, randomly initialised, on the randomly
- * initialised toy GPT), 4 IG steps, over the reference's 24 batches × 24 sequences of 128 tokens
- * (random token ids: timing does not need the corpus).
+ * pairs at `mlp-block` and `block` (layer 1; 512 × 512 TopK features, k 10, randomly initialised,
+ * on the randomly initialised toy GPT), the paper's 5 IG steps, over the reference's 24 batches ×
+ * 24 sequences of 128 tokens (random token ids: timing does not need the corpus).
  *
  * The per-target reference runs one backward pass per target feature, step and batch, hours for
  * the whole pair on a CPU, so its case times a sample of targets and batches; `timeScale` says by
@@ -12,7 +12,7 @@
  */
 import { GPT, SHAKESPEARE_64X4 } from "../model/gpt.ts";
 import { buildSaes, type SaeSet } from "../sae/architectures.ts";
-import { layoutPosition, type SaePair } from "../sae/positions.ts";
+import { layoutPosition, type Position, type SaePair } from "../sae/positions.ts";
 import { attributePair, attributePairReference } from "../scalar/attribution.ts";
 import { createRng } from "../util/rng.ts";
 import type { BenchCase } from "./cases.ts";
@@ -23,7 +23,7 @@ export const ATTRIBUTION_CASE = {
   k: 10,
   batches: 24,
   batchSequences: 24,
-  steps: 4,
+  steps: 5,
 } as const;
 
 /** A case whose step covers part of the whole workload. */
@@ -40,7 +40,7 @@ export interface AttributionCaseOptions {
   targets?: number;
 }
 
-function prepare(seed: number, batches: number): {
+function prepare(seed: number, batches: number, position: Position = "mlp-block"): {
   model: GPT;
   saes: SaeSet;
   pair: SaePair;
@@ -55,14 +55,14 @@ function prepare(seed: number, batches: number): {
     );
   }
   const model = GPT.init(c, seed);
-  const layout = layoutPosition("mlp-block", c.nLayer);
+  const layout = layoutPosition(position, c.nLayer);
   const saes = buildSaes({ arch: "topk", features, k, jsaeLambda: 0 }, layout, c.dModel, seed + 1);
   const rng = createRng(seed + 2);
   const tokens = Int32Array.from(
     { length: batches * batchSequences * c.nCtx },
     () => rng.int(c.vocabSize),
   );
-  return { model, saes, pair: layout.pairs[0]!, tokens };
+  return { model, saes, pair: layout.pairs[1]!, tokens };
 }
 
 /**
@@ -141,6 +141,56 @@ export function attributionReference(
         batchSequences,
         steps,
         targets,
+        log: () => {},
+      });
+    },
+    dispose() {
+      model.dispose();
+      saes.dispose();
+    },
+  };
+}
+
+/** Sequences per step of {@link attributionPaper} (the PyTorch peer's attribution cases match). */
+export const PAPER_STEP_SEQUENCES = 6;
+
+/**
+ * One pair's batched attribution at the paper's settings (576 sequences, 5 IG steps), timed on
+ * {@link PAPER_STEP_SEQUENCES} sequences per step (the work is per sequence, so the whole pair
+ * takes `timeScale` = 96 steps); the peer's cases `attribution_mlp_block` and `attribution_block`
+ * time the authors' per-target loop on the same sequences.
+ *
+ * @param position `mlp-block` (token rows) or `block` (sequence rows).
+ * @param seed Seed of the model, SAEs and tokens.
+ * @returns The prepared case.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { attributionPaper } from "./attribution_case.ts";
+ * const c = attributionPaper("block");
+ * equal([c.name, c.timeScale].join(), "attribution_block,96");
+ * c.dispose();
+ * ```
+ */
+export function attributionPaper(position: "mlp-block" | "block", seed = 0): AttributionBenchCase {
+  const { model, saes, pair, tokens } = prepare(seed, 1, position);
+  const sequences = PAPER_STEP_SEQUENCES, { features, k, steps } = ATTRIBUTION_CASE;
+  const timeScale = (ATTRIBUTION_CASE.batches * ATTRIBUTION_CASE.batchSequences) / sequences;
+  return {
+    name: `attribution_${position.replace("-", "_")}`,
+    detail: `IG edge scores, toy ${position} pair ${features} × ${features} TopK k=${k}, ` +
+      `${steps} steps, ${sequences} of 576 sequences per step (× ${timeScale} for the pair)`,
+    timeScale,
+    async step() {
+      await attributePair({
+        model,
+        saes,
+        pair,
+        tokens,
+        sequences,
+        batchSequences: sequences,
+        steps,
         log: () => {},
       });
     },

@@ -9,7 +9,11 @@
  * @module
  */
 import { describeBackend, selectBackend, useStockBackend } from "../backend/select.ts";
-import { attributionBatched, attributionReference } from "../bench/attribution_case.ts";
+import {
+  attributionBatched,
+  attributionPaper,
+  attributionReference,
+} from "../bench/attribution_case.ts";
 import { type BenchCase, gptTrainStep, SAE_CASE, saeTopkStep, timeCase } from "../bench/cases.ts";
 import {
   cpuEngineStep,
@@ -19,7 +23,7 @@ import {
 } from "../bench/engine_cases.ts";
 import { timeInterleaved } from "../bench/interleave.ts";
 import { GPU_CONFIGS, gpuBench, type GpuConfig, runGpuConfig } from "../bench/gpu_bench.ts";
-import { servePeer, torchPeer } from "../bench/peer.ts";
+import { servePeer } from "../bench/peer.ts";
 import { benchRow, formatRows } from "../bench/rows.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 
@@ -40,7 +44,7 @@ interface Timing {
 const CONFIGS = {
   engine: { cases: [], label: "" },
   "engine-1thread": { cases: [], label: " (1 thread)" },
-  ours: { cases: [gptTrainStep], label: "" },
+  model: { cases: [], label: "" },
   attribution: { cases: [], label: " (vs per-target loop)" },
   "stock-cpu": { cases: [saeTopkStep], label: " (stock tfjs cpu)" },
   "stock-wasm": { cases: [saeTopkStep], label: " (stock tfjs wasm)" },
@@ -83,13 +87,52 @@ async function runEngineConfig(config: Config, reps: number): Promise<void> {
   }
 }
 
+/** The model-side cases the peer serves too, in `model`'s rows. */
+const MODEL_CASES = ["gpt_train_step", "attribution_mlp_block", "attribution_block"];
+
+/**
+ * The toy-GPT training step and one mlp-block and one block pair's attribution at the paper's
+ * settings, interleaved with the PyTorch peer (its threads = this machine's cores, as ours use);
+ * attribution rows are scaled to the whole pair. Prints JSON lines.
+ */
+async function runModelConfig(reps: number): Promise<void> {
+  const selected = await selectBackend("auto");
+  console.error(describeBackend(selected));
+  const threads = String(navigator.hardwareConcurrency);
+  const peer = await servePeer(PEER_SCRIPT, ["--threads", threads]);
+  if (typeof peer === "string") console.error(`peer skipped: ${peer}`);
+  const gpt = gptTrainStep(0);
+  const attribution = [attributionPaper("mlp-block"), attributionPaper("block")];
+  const server = typeof peer === "string" ? undefined : peer;
+  // Attribution steps take tens of seconds: a third of the repetitions (at least 2), 1 warm-up.
+  const rows = [
+    ...await timeInterleaved([gpt], server, MODEL_CASES, reps),
+    ...await timeInterleaved(attribution, server, MODEL_CASES, Math.max(2, Math.ceil(reps / 3)), 1),
+  ];
+  if (server !== undefined) await server.close();
+  for (const c of [gpt, ...attribution]) c.dispose();
+  for (const r of rows) {
+    const scale = attribution.find((c) => c.name === r.name)?.timeScale ?? 1;
+    const row: Timing = {
+      name: r.name,
+      config: "model",
+      ms: r.oursMs * scale,
+      peerMs: r.peerMs === null ? null : r.peerMs * scale,
+      ratio: r.ratio,
+      detail: `${r.detail}; ${selected.detail}; peer ${threads} threads`,
+    };
+    console.log(JSON.stringify(row));
+  }
+}
+
 /** Runs one configuration in this process and prints its timings as JSON lines. */
 async function runConfig(config: Config, reps: number): Promise<void> {
   if (config === "engine" || config === "engine-1thread") {
     return await runEngineConfig(config, reps);
   }
+  if (config === "model") return await runModelConfig(reps);
   let backend: string;
-  if (config === "ours" || config === "attribution") {
+  if (config === "attribution") {
     const selected = await selectBackend("auto");
     console.error(describeBackend(selected));
     backend = selected.detail;
@@ -147,14 +190,6 @@ async function childTimings(config: Config, reps: number): Promise<Timing[]> {
 
 const PEER_SCRIPT = new URL("../../tests/bench/peer_torch.py", import.meta.url).pathname;
 
-async function peerTimings(reps: number): Promise<Map<string, number>> {
-  // The SAE cases are timed interleaved with ours (the engine configurations).
-  const peer = await torchPeer(PEER_SCRIPT, ["--case", "gpt", "--reps", String(reps)]);
-  if (typeof peer !== "string") return peer;
-  console.error(`peer skipped: ${peer}`);
-  return new Map();
-}
-
 // Each engine configuration's sgemm ceiling, its encoder product's share of it, and each step's
 // time in units of the ceiling.
 function ceilingLines(timings: readonly Timing[]): string[] {
@@ -185,10 +220,13 @@ each interleaved with the PyTorch peer (tests/bench/peer_torch.py --serve, when 
 torch) step by step (A B A B), ratio = the median of the per-step ratios; with all threads and
 with one (OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1, peer --threads 1); beside them OpenBLAS's
 sgemm on the encoder's shape (the ceiling) and the engine's encoder product, and each step in
-units of that ceiling; (b) a toy-GPT training step (32 × 128 tokens) against the peer; (c) stock
-tfjs cpu and wasm on the TopK step; and (d) SCALAR edge attribution of one toy mlp-block pair
-(512 × 512, 24 × 24 sequences, 4 steps) batched against the reference's per-target loop (both
-sampled and scaled to the whole pair). Prints median step times and ratio = baseline_ms /
+units of that ceiling; (b) a toy-GPT training step (32 × 128 tokens) and SCALAR attribution of
+one toy mlp-block and one block pair at the paper's settings (512 × 512, 576 sequences, 5 IG
+steps; timed on 6 sequences, scaled to the pair), each interleaved with the peer on as many
+threads as this machine has cores (for attribution the peer runs the authors' per-target loop,
+on a sample of targets); (c) stock tfjs cpu and wasm on the TopK step; and (d) SCALAR edge
+attribution of one toy mlp-block pair (24 × 24 sequences, 5 steps) batched against our own
+per-target loop (both sampled and scaled to the whole pair). Prints median step times and ratio = baseline_ms /
 ours_ms (above 1: we are faster).
 
 With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/sae/gpu/) and through
@@ -252,13 +290,11 @@ Options:
       console.error(`timing ${config}…`);
       timings.push(...await childTimings(config, reps));
     }
-    console.error("timing the PyTorch peer…");
-    const peer = await peerTimings(reps);
     const rows = timings.map((t) =>
       benchRow(
         t.name + CONFIGS[t.config as Config].label,
         t.ms,
-        t.peerMs !== undefined ? t.peerMs : t.baselineMs ?? peer.get(t.name),
+        t.peerMs !== undefined ? t.peerMs : t.baselineMs,
         t.detail,
         t.ratio ?? undefined,
       )

@@ -16,6 +16,11 @@ Cases (shapes from SPEC.md §2 and §4):
                   W_enc_out)^T, J = Bt[K2] @ (A[K1] * GELU'(z))^T per token, K = TopK indices.
   gpt_train_step  one step of the toy GPT `shakespeare_64x4` on batch x 128 seeded random tokens:
                   cross-entropy, backward, grad clipping to 1.0, AdamW(1e-3, (0.9, 0.95), wd 0.1).
+  attribution_mlp_block, attribution_block  (--serve only) SCALAR edge attribution of one toy pair
+                  (layer 1; 512 x 512 TopK features, k 10, random weights) as the authors compute
+                  it: one backward pass per target feature and IG step (5) over a batch of 6
+                  sequences x 128 tokens, on a sample of 8 of the 512 targets; the time is scaled
+                  by 512 / 8, so a step stands for every target of the 6 sequences.
 
 Each case warms up for 3 steps, then times --reps steps with time.perf_counter and reports the
 median and the minimum in ms. Thread count is torch's default unless --threads is given. On CUDA
@@ -280,6 +285,48 @@ def bench_gpt(batch, reps, device):
     return median, fastest, f"{detail}, {label} ({note})"
 
 
+def attribution_step_fn(position, device, sequences=6, steps=5, sample=8, features=512, k=10):
+    """The reference's per-target IG loop (SPEC §5) on a sample of targets; returns (step, scale)."""
+    torch.manual_seed(SEED)
+    model = ToyGPT(sdpa_attention if hasattr(F, "scaled_dot_product_attention")
+                   else explicit_attention).to(device)
+    model.requires_grad_(False)
+    up, down = (TopKSAE(64, features, k).to(device).requires_grad_(False) for _ in range(2))
+    tokens = torch.randint(0, 128, (sequences, 128)).to(device)
+    block = model.blocks[1]
+
+    def encode(sae, x):
+        return topk_features((x - sae.b_dec) @ sae.W_enc + sae.b_enc, k)[0]
+
+    def segment(x):  # mlp-block: ln_2 + MLP + skip; block: the whole block
+        if position == "block":
+            return block(x)
+        return x + block.mlp_out(F.gelu(block.mlp_in(block.ln_2(x)), approximate="tanh"))
+
+    with torch.no_grad():
+        x = model.wte(tokens) + model.wpe(torch.arange(128, device=device))
+        x = model.blocks[0](x)
+        if position == "mlp-block":
+            x = x + block.attend(block.ln_1(x))
+        z0 = encode(up, x)
+        step_length = z0.norm(dim=-1, keepdim=True) / steps
+    targets = [m * features // sample for m in range(sample)]
+
+    def step():
+        for j in targets:
+            integral = torch.zeros_like(z0)
+            for alpha in torch.linspace(0, 1, steps).tolist():
+                z = (alpha * z0).requires_grad_()
+                y = encode(down, segment(z @ up.W_dec + up.b_dec))
+                direction = torch.zeros_like(y)
+                direction[..., j] = 1
+                y.backward(direction)
+                integral += z.grad * step_length
+            (integral ** 2).sum(dim=(0, 1))
+
+    return step, features / sample
+
+
 def bench_sae(make, reps, device):
     step, detail = make(device)
     median, fastest = time_steps(step, reps, device)
@@ -293,19 +340,32 @@ SAE_CASES = {
 }
 
 
+# The cases --serve answers: name -> () -> (step, factor its time is scaled by).
+SERVE_CASES = {
+    **{name: (lambda make=make: (make("cpu")[0], 1)) for name, make in SAE_CASES.items()},
+    "gpt_train_step": lambda: (gpt_step_fn(
+        32, sdpa_attention if hasattr(F, "scaled_dot_product_attention") else explicit_attention,
+        "cpu")[0], 1),
+    "attribution_mlp_block": lambda: attribution_step_fn("mlp-block", "cpu"),
+    "attribution_block": lambda: attribution_step_fn("block", "cpu"),
+}
+
+
 def serve():
     """Answers each case name read from stdin with one timed step (see the module docstring)."""
     steps = {}
     for line in sys.stdin:
         name = line.strip()
         if name not in steps:
-            step, _ = SAE_CASES[name]("cpu")
-            for _ in range(WARMUP_STEPS):
+            step, scale = SERVE_CASES[name]()
+            # Attribution steps take seconds: one warm-up is enough.
+            for _ in range(1 if name.startswith("attribution") else WARMUP_STEPS):
                 step()
-            steps[name] = step
+            steps[name] = step, scale
+        step, scale = steps[name]
         start = time.perf_counter()
-        steps[name]()
-        ms = (time.perf_counter() - start) * 1000
+        step()
+        ms = (time.perf_counter() - start) * 1000 * scale
         print(json.dumps({"name": name, "ms": round(ms, 3)}), flush=True)
 
 
