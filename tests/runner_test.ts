@@ -62,9 +62,10 @@ Deno.test({
   ignore: dataDir === undefined,
   async fn() {
     const dir = await setUp();
-    // Kill the first attempt as soon as its first run is marked running.
+    // Kill the first attempt as soon as its first run is marked running (--verbose: piped output
+    // shows training steps only then).
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "run", "grid.yaml"],
+      args: ["run", "-A", MAIN, "run", "grid.yaml", "--verbose"],
       cwd: dir,
       env: CHILD_ENV,
       stdout: "null",

@@ -870,15 +870,33 @@ async function inspectModel(dir: string): Promise<ModelInspection> {
   return { shape: config.model as GPTConfig };
 }
 
-/** The manifest that trains the model of a folder: `experiments/<folder name>.yaml` if present. */
+/**
+ * The manifest that trains the model of a folder: `experiments/<folder name>.yaml` if present, else
+ * the one in `experiments/reduced/` whose `name` is the folder's (`toy-model-2k` is trained by
+ * `experiments/reduced/toy-model.yaml`), else the paper's model.
+ */
 async function trainingManifest(dir: string): Promise<string> {
-  const own = `experiments/${basename(dir)}.yaml`;
+  const name = basename(dir);
+  const own = `experiments/${name}.yaml`;
   try {
     await Deno.stat(own);
     return own;
   } catch {
-    return "experiments/toy-model.yaml";
+    // Not at the top level: look for it by name below.
   }
+  const reduced: string[] = [];
+  try {
+    for await (const e of Deno.readDir("experiments/reduced")) {
+      if (e.isFile && e.name.endsWith(".yaml")) reduced.push(`experiments/reduced/${e.name}`);
+    }
+  } catch {
+    // No reduced manifests here (run from another folder): the paper's model below.
+  }
+  for (const file of reduced.sort()) {
+    const text = await Deno.readTextFile(file).catch(() => "");
+    if (/^name:\s*(\S+)\s*$/m.exec(text)?.[1] === name) return file;
+  }
+  return "experiments/toy-model.yaml";
 }
 
 /** A folder path as written, without `./` or a trailing slash, so ids do not depend on either. */

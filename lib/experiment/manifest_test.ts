@@ -427,6 +427,15 @@ const MALFORMED: { what: string; text: string; expect: string[] }[] = [
     ],
   },
   {
+    what: "missing reduced model",
+    text: "name: t\nmodel:\n  checkpoint: /nonexistent/models/toy-model-2k\n",
+    expect: [
+      'm.yaml:3:3: model.checkpoint: Cannot find trained model "/nonexistent/models/toy-model-2k": ' +
+      "the folder does not exist; train it with `deno task train-model " +
+      "experiments/reduced/toy-model.yaml`",
+    ],
+  },
+  {
     what: "missing shipped model",
     text: "name: t\nmodel:\n  checkpoint: models/absent-model\n",
     expect: [
