@@ -128,6 +128,9 @@ const GEMM_ROWS = 64;
 // in cache while the gathers read them; a multiple of BLOCK_ROWS, so |J|'s partial sums keep
 // their blocks.
 const JACOBIAN_ROWS = 4 * BLOCK_ROWS;
+// Rows per chunk of the gathered weight gradients: their ∂L/∂x̂ and centred inputs (512 KiB at
+// the toy's width of 64) stay in cache while each feature's pairs read them.
+const GATHER_ROWS = 1024;
 // Pre-activations per encoder block (512 KiB): a block stays in its core's cache from the product
 // to the selection.
 const ENCODER_FLOATS = 131_072;
@@ -439,12 +442,17 @@ export class CpuSaeEngine {
       h.sums.subarray(2 * micro.block),
       h.cols.subarray(micro.block * d),
     );
-    this.#k.sae_lists(h.idx, n * k, width, h.starts, h.list);
-    this.#k.sae_feature_grads(
-      ...[h.starts, h.list, h.val, dpre, dxhat, xc] as const,
-      ...[d, k, width, trainFrom] as const,
-      ...[grads.subarray(wDec), h.encT, grads.subarray(bEnc)] as const,
-    );
+    // Gathered by chunks of rows, so the rows a feature's pairs read stay in cache.
+    for (let first = 0; first < n; first += GATHER_ROWS) {
+      const rows = Math.min(GATHER_ROWS, n - first);
+      const [pairs, dims] = [first * k, first * d];
+      this.#k.sae_lists(h.idx.subarray(pairs), rows * k, width, h.starts, h.list);
+      this.#k.sae_feature_grads(
+        ...[h.starts, h.list, h.val.subarray(pairs), dpre.subarray(pairs)] as const,
+        ...[dxhat.subarray(dims), xc.subarray(dims), d, k, width, trainFrom] as const,
+        ...[grads.subarray(wDec), h.encT, grads.subarray(bEnc)] as const,
+      );
+    }
   }
 
   // After the micro-batches: W_enc's gathered gradient into place, then b_dec's gradient.
