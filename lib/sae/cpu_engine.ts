@@ -3,14 +3,15 @@
  * decode, squared-error loss, backward, global-norm clipping, AdamW) with the work it needs and
  * no more — the same structure as the WebGPU engine (`gpu/sae_engine.ts`):
  *
- * per micro-batch and SAE: centre x, encoder product in OpenBLAS (chunks of rows, so the
- * pre-activations stay in cache) → per-row TopK selection → sparse decode over the k kept pairs
- * (+ ∂L/∂x̂, ∂L/∂pre of the kept pairs, loss partials) → per-feature lists → gradients gathered
- * feature by feature; JSAE pairs add their Jacobian term; then per SAE the b_dec gradient, and
- * for all SAEs at once the gradient norm, clipping and AdamW in one pass.
+ * per micro-batch and SAE: centre x, encoder product and per-row TopK selection (per block of
+ * rows, the product in OpenBLAS, so the pre-activations stay in cache) → sparse decode over the
+ * k kept pairs (+ ∂L/∂x̂, ∂L/∂pre of the kept pairs, loss partials) → per-feature lists →
+ * gradients gathered feature by feature; JSAE pairs add their Jacobian term; then per SAE the
+ * b_dec gradient, and for all SAEs at once the gradient norm, clipping and AdamW in one pass.
  *
- * The sparse loops are C (`cpu_engine.c`, compiled at first use by `lib/backend/native.ts`),
- * split over OpenMP threads in fixed blocks, so every thread count gives the same bits.
+ * The loops are C (`cpu_engine.c`, compiled at first use by `lib/backend/native.ts`), split over
+ * OpenMP threads in fixed blocks; every product is a fixed block of rows in one single-threaded
+ * OpenBLAS call. So every thread count gives the same bits.
  * Parameters, gradients and both moments are one flat array each (`param_layout.ts`), every
  * buffer is allocated once, and no tfjs tensor is touched inside a step.
  *
@@ -169,7 +170,7 @@ interface HookState {
   /** Kept pairs `[micro, k]`. */
   idx: Int32Array;
   val: Float32Array;
-  /** Per-feature lists of the kept pairs. */
+  /** Per-feature lists of the kept pairs of one chunk of rows (rebuilt per chunk). */
   starts: Int32Array;
   list: Int32Array;
   /** ∂W_enc, transposed `[width, D]`, summed over the step's micro-batches. */
