@@ -96,6 +96,7 @@ cat > "$out/deno.json" <<EOF
 EOF
 
 echo "bundles…"
+rm -f "$out"/*.js # uncompressed ones left by an older call would travel too
 # One entry importing every GPU test, written where the project's imports resolve (the _*.ts
 # pattern is git-ignored) and removed after.
 entry="_gpu_call_tests.ts"

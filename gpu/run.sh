@@ -64,15 +64,18 @@ if [ -f "$gpu/deno.xz" ]; then
   deno=/tmp/gpu-call-deno
   unxz "$gpu/deno.xz" "$deno" && chmod +x "$deno"
 fi
-# The bundles, unpacked beside their config (its import map's paths are relative to it).
-for f in "$gpu"/*.js.xz; do unxz "$f" "${f%.xz}"; done
+# The bundles, unpacked beside a copy of their config (its import map's paths are relative to it)
+# outside the prepared folder, which stays as small as it travels.
+run_dir="$(mktemp -d /tmp/gpu-call-XXXXXX)"
+cp -r "$gpu/deno.json" "$gpu/vega" "$run_dir/"
+for f in "$gpu"/*.js.xz; do unxz "$f" "$run_dir/$(basename "${f%.xz}")"; done
 if [ -f "$gpu/npm.tar.xz" ]; then
   export DENO_DIR=/tmp/gpu-call-denodir
   mkdir -p "$DENO_DIR"
   tar -C "$DENO_DIR" -xJf "$gpu/npm.tar.xz" 2> /dev/null ||
     python3 -c "import sys,tarfile;tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$gpu/npm.tar.xz" "$DENO_DIR"
 fi
-js=("$deno" run -A --cached-only --config "$gpu/deno.json")
+js=("$deno" run -A --cached-only --config "$run_dir/deno.json")
 
 say "host: $(uname -n); $("$deno" --version | head -1); GPU: $(nvidia-smi -L 2> /dev/null | head -1 || echo none)"
 summary=()
@@ -99,13 +102,13 @@ step() {
 if [[ $steps == *" 1 "* ]]; then
   filter=()
   [ -n "${GPU_CALL_TEST_FILTER:-}" ] && filter=(--filter "$GPU_CALL_TEST_FILTER")
-  step tests "$cap_tests" - "$deno" test -A --cached-only --config "$gpu/deno.json" "${filter[@]}" "$gpu/tests.js"
+  step tests "$cap_tests" - "$deno" test -A --cached-only --config "$run_dir/deno.json" "${filter[@]}" "$run_dir/tests.js"
 fi
 
 if [[ $steps == *" 2 "* ]]; then
   # The engine against PyTorch CUDA first, on its own half of the cap, so that a slow stock tfjs
   # case cannot take the ratio with it; then stock tfjs webgpu and the training runs.
-  bench=("${js[@]}" "$gpu/gpu.js" bench --json --peer "$root/tests/bench/peer_torch.py")
+  bench=("${js[@]}" "$run_dir/gpu.js" bench --json --peer "$root/tests/bench/peer_torch.py")
   if [ "$tiny" = 1 ]; then
     step bench "$cap_bench" "$OUT/bench.jsonl" "${bench[@]}" --reps 1 --rounds 2 --configs engine --engine-tokens 1024
   else
@@ -126,7 +129,7 @@ if [[ $steps == *" 3 "* ]]; then
   scalar=()
   [ "$tiny" = 1 ] && scalar=(--tiny)
   [ -f "$model_dir/config.json" ] && scalar+=(--model "$model_dir")
-  step scalar "$cap_scalar" "$OUT/scalar.jsonl" "${js[@]}" "$gpu/gpu.js" scalar --json "${scalar[@]}"
+  step scalar "$cap_scalar" "$OUT/scalar.jsonl" "${js[@]}" "$run_dir/gpu.js" scalar --json "${scalar[@]}"
 fi
 
 if [[ $steps == *" 4 "* ]]; then
@@ -136,14 +139,14 @@ if [[ $steps == *" 4 "* ]]; then
   grid_end=$(($(date +%s) + cap_grid))
   left() { echo $((grid_end - $(date +%s))); }
   rm -rf "$OUT/grid" && mkdir -p "$OUT/grid/shards"
-  step grid-prepare "$(left)" - "${js[@]}" "$gpu/main.js" run "$manifest" --prepare --backend webgpu --yes
-  ids=$("${js[@]}" "$gpu/main.js" plan "$manifest" --db "$OUT/grid/plan.duckdb" 2>> "$log" |
+  step grid-prepare "$(left)" - "${js[@]}" "$run_dir/main.js" run "$manifest" --prepare --backend webgpu --yes
+  ids=$("${js[@]}" "$run_dir/main.js" plan "$manifest" --db "$OUT/grid/plan.duckdb" 2>> "$log" |
     grep -oE '^ *[0-9a-f]{12}\b' | tr -d ' ')
   say "grid: $(echo $ids | wc -w) runs of $manifest"
   for id in $ids; do
     [ "$(left)" -gt 5 ] || { say "grid: out of time before run $id"; break; }
     shard="$OUT/grid/shards/$id.duckdb"
-    step "grid-run-$id" "$(left)" - "${js[@]}" "$gpu/main.js" run "$manifest" --run-id "$id" --db "$shard" --yes --backend webgpu
+    step "grid-run-$id" "$(left)" - "${js[@]}" "$run_dir/main.js" run "$manifest" --run-id "$id" --db "$shard" --yes --backend webgpu
     case "${summary[-1]}" in *'"status":"timeout"'*) rm -f "$shard" "$shard.wal" ;; esac
   done
   tar -C "$OUT/grid" -czf "$OUT/shards.tar.gz" shards
@@ -156,7 +159,7 @@ if [[ $steps == *" 5 "* ]]; then
   # first), so that a slow step still leaves a step time and the projection.
   gpt2=(--steps "${GPU_CALL_GPT2_STEPS:-200}")
   if [ "$tiny" = 1 ]; then gpt2+=(--tiny); else gpt2+=(--seconds $((cap_gpt2 > 40 ? cap_gpt2 - 30 : 10))); fi
-  step gpt2 "$cap_gpt2" "$OUT/gpt2.jsonl" "${js[@]}" "$gpu/gpu.js" gpt2 --json "${gpt2[@]}"
+  step gpt2 "$cap_gpt2" "$OUT/gpt2.jsonl" "${js[@]}" "$run_dir/gpu.js" gpt2 --json "${gpt2[@]}"
 fi
 
 {
@@ -165,4 +168,5 @@ fi
   (IFS=,; echo "${summary[*]}")
   echo "]}"
 } > "$OUT/summary.json"
+rm -rf "$run_dir"
 say "done: $OUT"

@@ -183,7 +183,7 @@ Deno.test({
   async fn() {
     const tmp = await Deno.makeTempDir({ prefix: "scalar-gpu-call-" });
     try {
-      // Only run.sh is needed: neither step gets as far as a bundle.
+      // run.sh and stand-ins for the bundles: one that outlives its cap, one that fails.
       await Deno.mkdir(`${tmp}/gpu`);
       await Deno.copyFile(join(ROOT, "gpu/run.sh"), `${tmp}/gpu/run.sh`);
       await Deno.writeTextFile(`${tmp}/gpu/deno.json`, "{}");
@@ -192,6 +192,9 @@ Deno.test({
         "await new Promise((r) => setTimeout(r, 60_000));",
       );
       await Deno.writeTextFile(`${tmp}/gpu/main.js`, 'throw new Error("no such manifest");');
+      await Deno.mkdir(`${tmp}/gpu/vega`);
+      const xz = await sh(["xz", "-f", `${tmp}/gpu/gpu.js`, `${tmp}/gpu/main.js`]);
+      assert.equal(xz.code, 0, xz.stderr);
       const call = await sh(["bash", `${tmp}/gpu/run.sh`], {
         OUT: `${tmp}/out`,
         GPU_CALL_TINY: "1",
