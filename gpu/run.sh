@@ -15,13 +15,13 @@
 # What comes back, under $OUT (at most 8 files, as the device tool returns them):
 #   summary.json  per step: status (ok, failed, timeout), exit code, seconds; the GPU, the date
 #   call.log      every step's output, in order
-#   bench.jsonl   bench rows (ours_ms, peer_ms, ratio) · bench-stock.jsonl · scalar.jsonl · gpt2.jsonl
+#   bench.jsonl   bench rows (ours_ms, peer_ms, ratio) · bench-more.jsonl · scalar.jsonl · gpt2.jsonl
 #   shards.tar.gz results/shards/<run id>.duckdb of each committed run: here,
 #                 `tar -xf shards.tar.gz -C results && deno task merge` imports them
 #
 # Sizes come from the environment, so the same script runs here with tiny ones (tests/gpu_call_test.ts):
 #   GPU_CALL_TINY=1            tiny sizes for every step (a software adapter takes seconds per step)
-#   GPU_CALL_CAPS="t b s g p"  the five caps in seconds (default "70 100 60 180 60": ~8 min)
+#   GPU_CALL_CAPS="t b s g p"  the five caps in seconds (default "70 110 55 175 60": ~8 min)
 #   GPU_CALL_STEPS="1 2 3 4 5" the steps to run
 #   GPU_CALL_MANIFEST          the grid's manifest (default experiments/toy-mlp-block.yaml)
 #   GPU_CALL_TEST_FILTER       only the GPU tests whose name matches (deno test --filter)
@@ -38,7 +38,7 @@ log="$OUT/call.log"
 : > "$log"
 say() { echo "[gpu-call $(date -u +%H:%M:%S)] $*" | tee -a "$log" >&2; }
 tiny="${GPU_CALL_TINY:-0}"
-read -r cap_tests cap_bench cap_scalar cap_grid cap_gpt2 <<< "${GPU_CALL_CAPS:-70 100 60 180 60}"
+read -r cap_tests cap_bench cap_scalar cap_grid cap_gpt2 <<< "${GPU_CALL_CAPS:-70 110 55 175 60}"
 steps=" ${GPU_CALL_STEPS:-1 2 3 4 5} "
 manifest="$(realpath "${GPU_CALL_MANIFEST:-experiments/toy-mlp-block.yaml}")"
 workdir="$(realpath "${GPU_CALL_WORKDIR:-$root}")"
@@ -79,8 +79,8 @@ js=("$deno" run -A --cached-only --config "$run_dir/deno.json")
 
 say "host: $(uname -n); $("$deno" --version | head -1); GPU: $(nvidia-smi -L 2> /dev/null | head -1 || echo none)"
 summary=()
-# step NAME CAP OUTFILE CMD...: runs CMD under `timeout CAP`, its stdout into OUTFILE (or the log
-# when OUTFILE is -), its stderr into the log, and records the outcome.
+# step NAME CAP OUTFILE CMD...: runs CMD under `timeout CAP`, its stdout into OUTFILE (appended to
+# it when written +OUTFILE; into the log when -), its stderr into the log, and records the outcome.
 step() {
   local name="$1" cap="$2" outfile="$3" start code status
   shift 3
@@ -88,6 +88,8 @@ step() {
   start=$(date +%s.%N)
   if [ "$outfile" = - ]; then
     timeout --kill-after=10 "$cap" "$@" >> "$log" 2>&1
+  elif [ "${outfile:0:1}" = + ]; then
+    timeout --kill-after=10 "$cap" "$@" >> "${outfile:1}" 2>> "$log"
   else
     timeout --kill-after=10 "$cap" "$@" > "$outfile" 2>> "$log"
   fi
@@ -106,14 +108,16 @@ if [[ $steps == *" 1 "* ]]; then
 fi
 
 if [[ $steps == *" 2 "* ]]; then
-  # The engine against PyTorch CUDA first, on its own half of the cap, so that a slow stock tfjs
-  # case cannot take the ratio with it; then stock tfjs webgpu and the training runs.
+  # The engine against PyTorch CUDA first, on its own part of the cap, so that a slow stock tfjs
+  # case cannot take the ratio with it; then stock tfjs webgpu, then the training runs.
   bench=("${js[@]}" "$run_dir/gpu.js" bench --json --peer "$root/tests/bench/peer_torch.py")
   if [ "$tiny" = 1 ]; then
     step bench "$cap_bench" "$OUT/bench.jsonl" "${bench[@]}" --reps 1 --rounds 2 --configs engine --engine-tokens 1024
   else
-    step bench "$((cap_bench / 2))" "$OUT/bench.jsonl" "${bench[@]}" --reps 30 --rounds 3 --configs engine
-    step bench-stock "$((cap_bench / 2))" "$OUT/bench-stock.jsonl" "${bench[@]}" --reps 10 --configs stock-webgpu,runs --run-steps 750
+    step bench "$((cap_bench * 45 / 100))" "$OUT/bench.jsonl" "${bench[@]}" --reps 30 --rounds 3 --configs engine
+    : > "$OUT/bench-more.jsonl"
+    step bench-stock "$((cap_bench / 4))" "+$OUT/bench-more.jsonl" "${bench[@]}" --reps 10 --configs stock-webgpu
+    step bench-runs "$((cap_bench * 30 / 100))" "+$OUT/bench-more.jsonl" "${bench[@]}" --configs runs --run-steps 750
   fi
 fi
 

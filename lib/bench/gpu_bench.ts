@@ -4,7 +4,8 @@
  * (`tests/bench/peer_torch.py --device cuda`) and against stock tfjs `webgpu`, the toy-GPT step on
  * stock tfjs `webgpu` against PyTorch CUDA, SCALAR attribution of one toy pair on stock tfjs
  * `webgpu` (hardware adapters only), and the wall time of a toy SAE training run (7,500 steps of
- * 128 × 128 tokens) at each position through the engine. Same rows as the CPU bench.
+ * 128 × 128 tokens) at each position through the engine, alone and as one of 10 runs stepped
+ * together (`multi_run_case.ts`). Same rows as the CPU bench.
  *
  * Each configuration runs in a child process (the caller says how to start one), so tfjs's
  * global backend and each configuration's GPU memory do not carry over. On a software adapter
@@ -19,6 +20,7 @@ import { layoutPosition, type Position } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS, trainSaes } from "../sae/train.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 import { attributionBatched } from "./attribution_case.ts";
+import { runsTogether } from "./multi_run_case.ts";
 import { gptTrainStep, SAE_CASE, saeEngineStep, saeTopkStep, timeCase } from "./cases.ts";
 import { type BenchRow, benchRow, formatRows } from "./rows.ts";
 import { torchPeer } from "./peer.ts";
@@ -122,6 +124,15 @@ export async function runGpuConfig(
   for (const { position, arch } of RUNS) {
     print(await trainingRun(position, arch, runSteps));
   }
+  // The grid's 10 mlp-block runs (TopK and Staircase × 5 seeds) stepped together: one run's share
+  // of the wall time, scaled to 7,500 steps.
+  const together = await runsTogether(gpu, { runs: 10, steps: runSteps });
+  print({
+    name: "sae_train_runs_together mlp-block x10",
+    config,
+    ms: together.togetherMs * RUN_STEPS,
+    detail: together.detail,
+  });
 }
 
 // A toy SAE training run through `trainSaes` on synthetic activations (two batches' worth per
@@ -275,6 +286,8 @@ export async function gpuBench(o: GpuBenchOptions): Promise<number> {
         add(ours, key, t.ms);
       }
     }
+    // Training runs have no peer row.
+    if (configs.every((c) => c === "runs")) continue;
     console.error(`timing the PyTorch CUDA peer (round ${round + 1} of ${rounds})…`);
     const peer = await torchPeer(o.peerScript, ["--device", "cuda", "--reps", String(o.reps)]);
     if (typeof peer === "string") {
