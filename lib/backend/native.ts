@@ -102,7 +102,7 @@ export async function loadNative<const S extends Deno.ForeignLibraryInterface>(
   const path = join(options.cacheDir ?? defaultCacheDir(), "native", `${name}-${key}.so`);
   let build = builds.get(path);
   if (build === undefined) {
-    build = exists(path).then((found) => found ? undefined : compile(source, compiler, path));
+    build = exists(path).then((found) => found ? undefined : compile(code, source, compiler, path));
     builds.set(path, build);
     // A failed build is retried by the next call (the compiler may have been installed since).
     build.catch(() => builds.delete(path));
@@ -124,8 +124,15 @@ export async function loadNative<const S extends Deno.ForeignLibraryInterface>(
 }
 
 // Compiles into a temporary file beside the target, then renames it into place (atomic on one
-// file system): a concurrent process sees either no library or a whole one.
-async function compile(source: string | URL, compiler: string, path: string): Promise<void> {
+// file system): a concurrent process sees either no library or a whole one. The compiler reads the
+// text that was hashed, from stdin, not the file, which may have changed since; `#line` keeps the
+// file's name in its messages.
+async function compile(
+  code: string,
+  source: string | URL,
+  compiler: string,
+  path: string,
+): Promise<void> {
   const sourcePath = source instanceof URL ? decodeURIComponent(source.pathname) : source;
   const dir = path.slice(0, path.lastIndexOf("/"));
   try {
@@ -137,11 +144,20 @@ async function compile(source: string | URL, compiler: string, path: string): Pr
     );
   }
   const tmp = `${path}.${Deno.pid}.${crypto.randomUUID()}.tmp`;
-  const args = [...NATIVE_FLAGS, "-o", tmp, sourcePath, "-lm"];
-  const command = `${compiler} ${args.join(" ")}`;
+  const args = [...NATIVE_FLAGS, "-o", tmp, "-x", "c", "-", "-lm"];
+  const command = `${compiler} ${args.join(" ")} < ${sourcePath}`;
   let output: Deno.CommandOutput;
   try {
-    output = await new Deno.Command(compiler, { args, stdout: "piped", stderr: "piped" }).output();
+    const child = new Deno.Command(compiler, {
+      args,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(`#line 1 "${sourcePath}"\n${code}`));
+    await writer.close();
+    output = await child.output();
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
       throw new NativeError(
