@@ -59,7 +59,9 @@ const ONE_THREAD = { OMP_NUM_THREADS: "1", OPENBLAS_NUM_THREADS: "1" };
  * ceiling and the engine's encoder product in the same rounds; prints JSON lines.
  */
 async function runEngineConfig(config: Config, reps: number): Promise<void> {
-  const peer = await servePeer(PEER_SCRIPT, config === "engine-1thread" ? ["--threads", "1"] : []);
+  // The peer gets as many threads as we use: torch's default here is 1 on 2 cores.
+  const threads = config === "engine-1thread" ? "1" : String(navigator.hardwareConcurrency);
+  const peer = await servePeer(PEER_SCRIPT, ["--threads", threads]);
   if (typeof peer === "string") console.error(`peer skipped: ${peer}`);
   const cases = [
     sgemmCeiling(),
