@@ -14,6 +14,8 @@ import { formatDuration } from "../util/progress.ts";
 import { DEFAULT_MEMORY_BUDGET_BYTES } from "../sae/activation_cache.ts";
 import { saeShapes } from "../sae/architectures.ts";
 import { layoutPosition } from "../sae/positions.ts";
+import type { StepperKind } from "../sae/stepper.ts";
+import { stepperFor } from "../sae/steppers/choose.ts";
 import { type SaeRunConfig, sequencesPerPass } from "./sae_run.ts";
 
 /** One line of an estimate. */
@@ -76,17 +78,74 @@ export interface CorpusSize {
 }
 
 /**
+ * The arithmetic of one SAE training step on the stepper that takes it (`../sae/stepper.ts`).
+ * The tfjs reference and the WebGPU engine are counted as dense: the encoder's forward product
+ * and both of its backward products, 6·d FLOPs per token and feature. The CPU engine does the
+ * dense encoder product (2·d per token and feature) and, per token, sparse work over the k kept
+ * features only: decode and ∂L/∂pre (2·d each), ∂W_dec and ∂W_enc (2·d each); a JSAE pair adds
+ * its Jacobian term: per token the MLP's first product for GELU′ (2·d·m), J over the k × k kept
+ * pairs and both of its gathered gradients (2·m each per pair, 6·k²·m), and per step the
+ * factors A = W_dec·W_fc, Bᵀ = W_encᵀ·W_projᵀ and their weight gradients (4·d·m per feature of
+ * either SAE). Clipping and AdamW (a few FLOPs per parameter) are left out.
+ *
+ * @param config The run.
+ * @param shape The model's shape.
+ * @param stepper The stepper that trains the run's SAEs.
+ * @returns FLOPs per optimizer step (without the model's forward of streamed activations).
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { SHAKESPEARE_64X4 } from "../model/gpt.ts";
+ * import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
+ * import { stepFlops } from "./estimate.ts";
+ * import { type SaeRunConfig, SCALAR_DEFAULTS } from "./sae_run.ts";
+ *
+ * const config: SaeRunConfig = {
+ *   modelDir: "m",
+ *   corpus: "tinyshakespeare",
+ *   position: "mlp",
+ *   layers: [0],
+ *   sae: { arch: "topk", features: 512, k: 10, jsaeLambda: 0 },
+ *   train: { ...SAE_TRAIN_DEFAULTS, batch: 1 },
+ *   evalSequences: 0,
+ *   scalar: SCALAR_DEFAULTS,
+ * };
+ * // Two SAEs of 512 features on 128 tokens of width 64.
+ * assert.equal(stepFlops(config, SHAKESPEARE_64X4, "tfjs"), 128 * 2 * 6 * 64 * 512);
+ * assert.equal(stepFlops(config, SHAKESPEARE_64X4, "cpu"), 128 * 2 * (2 * 64 * 512 + 8 * 64 * 10));
+ * ```
+ */
+export function stepFlops(config: SaeRunConfig, shape: GPTConfig, stepper: StepperKind): number {
+  const { dModel: d, dMlp: m, nCtx, nLayer } = shape;
+  const width = saeWidths(config, nLayer);
+  const tokens = config.train.batch * nCtx, k = config.sae.k;
+  const featureSum = [...width.values()].reduce((a, b) => a + b, 0);
+  if (stepper !== "cpu") return tokens * 6 * d * featureSum;
+  const saes = tokens * (2 * d * featureSum + width.size * 8 * d * k);
+  if (config.sae.arch !== "jsae") return saes;
+  const pairs = layoutPosition(config.position, nLayer, config.layers).pairs;
+  return saes + pairs.reduce(
+    (n, p) =>
+      n + tokens * (2 * d * m + 6 * k * k * m) +
+      4 * d * m * (width.get(p.up)! + width.get(p.down)!),
+    0,
+  );
+}
+
+/**
  * Estimates one run's peak memory and arithmetic.
  *
  * @param config The run.
  * @param shape The model's shape.
  * @param corpus The sizes of its token splits.
+ * @param stepper The stepper that will train its SAEs (`stepperFor` of the backend in use).
  * @returns Memory and work, by part.
  */
 export function estimateRun(
   config: SaeRunConfig,
   shape: GPTConfig,
   corpus: CorpusSize,
+  stepper: StepperKind = "tfjs",
 ): RunEstimate {
   const { dModel: d, nCtx, vocabSize, nLayer } = shape;
   const widths = saeWidths(config, nLayer);
@@ -131,10 +190,10 @@ export function estimateRun(
   const forward = nLayer * blockFlops + headFlops;
   const work: EstimatePart[] = [
     {
-      // Encoder forward and both backward products; the decoder reads only the k kept rows.
       // Streamed activations add the model's forward up to the last hook at every step.
       label: "training",
-      amount: t.steps * stepTokens * (6 * d * featureSum + (cached ? 0 : lastLayer * blockFlops)),
+      amount: t.steps *
+        (stepFlops(config, shape, stepper) + (cached ? 0 : stepTokens * lastLayer * blockFlops)),
     },
     {
       // The clean model, each SAE spliced in alone, then all together.
@@ -196,7 +255,9 @@ async function modelShape(
 
 /**
  * Estimates every run of a grid, reading each model's shape and each corpus once (the corpus is
- * tokenized now if it never was: the run would do it first anyway).
+ * tokenized now if it never was: the run would do it first anyway), with the SAE stepper the
+ * backend in use picks (`SCALAR_SAE_STEPPER` included; an engine that then fails to start
+ * hands over to the slower reference, so the time is a lower bound in that case).
  *
  * @param configs The runs.
  * @param log Progress lines of a large corpus.
@@ -226,11 +287,12 @@ export async function estimateRuns(
     return seen.get(key)!;
   };
   const estimates: RunEstimate[] = [];
+  const { kind } = stepperFor(tf.getBackend(), Deno.env.get("SCALAR_SAE_STEPPER"));
   let d = 0;
   for (const c of configs) {
     const { shape, corpus } = await inputs(c);
     d ||= shape.dModel;
-    estimates.push(estimateRun(c, shape, corpus));
+    estimates.push(estimateRun(c, shape, corpus, kind));
   }
   return { estimates, d };
 }
