@@ -397,12 +397,18 @@ export async function ensureActivationCache(
   await Deno.mkdir(o.root, { recursive: true });
   await removeStaleTmp(o.root, id, log);
   const tmp = `${dir}.tmp-${Deno.pid}`;
+  // A cache held in memory keeps the fill's own rows rather than reading its files back (2 GB
+  // for the quickstart: ~10 s on a 2-core VM).
+  const memory = total <= budget
+    ? new Map(hooks.map((h) => [h, new Float32Array(tokens * widths[h]!)]))
+    : undefined;
   try {
-    await fill(o.model, o.tokens, meta, tmp, batchSequences, interval, log);
+    await fill(o.model, o.tokens, meta, tmp, batchSequences, interval, log, memory);
     // meta.json last: a folder without it was never finished.
     await Deno.writeTextFile(join(tmp, META_FILE), JSON.stringify(meta, null, 2) + "\n");
     try {
       await Deno.rename(tmp, dir);
+      if (memory !== undefined) return new Cache(dir, meta, memory);
     } catch (error) {
       // Another process may have finished the same cache first; theirs is as good as ours.
       if (!(await exists(join(dir, META_FILE)))) throw error;
@@ -461,7 +467,10 @@ export async function recordWindows(
   }
 }
 
-/** Runs the model over every window and appends each batch's activations to the hook files. */
+/**
+ * Runs the model over every window and appends each batch's activations to the hook files (and,
+ * when given, copies them into `memory`'s arrays of `[tokens, width]` rows).
+ */
 async function fill(
   model: Pick<GPT, "config" | "run">,
   tokens: Int32Array,
@@ -470,6 +479,7 @@ async function fill(
   batchSequences: number,
   interval: number,
   log: (line: string) => void,
+  memory: Map<string, Float32Array> | undefined,
 ): Promise<void> {
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
   await Deno.mkdir(tmp, { recursive: true });
@@ -492,6 +502,9 @@ async function fill(
     for (let first = 0; first < windows; first += batchSequences) {
       const rows = Math.min(batchSequences, windows - first);
       const values = await recordWindows(model, tokens, seqLen, hooks, first, rows);
+      for (const [i, h] of memory === undefined ? [] : hooks.entries()) {
+        memory!.get(h)!.set(values[i]!, first * seqLen * meta.widths[h]!);
+      }
       // The previous batch's writes ran while this batch computed; order in each file is kept
       // because a batch's writes start only after the last batch's have finished.
       await pendingWrite;

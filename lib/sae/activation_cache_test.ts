@@ -122,6 +122,29 @@ Deno.test("ensureActivationCache() stores exactly the activations of a direct ru
   await t.done();
 });
 
+Deno.test("a cache filled in memory keeps the fill's rows instead of reading its files back", async () => {
+  const t = await setup();
+  // Every file the fill opens for reading, while it runs.
+  const open = Deno.open, reads: string[] = [];
+  Deno.open = (path, options) => {
+    if (!options?.write) reads.push(String(path));
+    return open(path, options);
+  };
+  let cache;
+  try {
+    cache = await ensureActivationCache(t.options);
+  } finally {
+    Deno.open = open;
+  }
+  assert.deepEqual(reads, []);
+  assert.equal(cache.inMemory, true);
+  const expected = await direct(t.model);
+  for (const h of FORWARD) {
+    assert.deepEqual(await cache.read(h, 0, cache.tokens), expected.get(h), h);
+  }
+  await t.done();
+});
+
 Deno.test("ensureActivationCache() reuses a complete cache without running the model", async () => {
   const t = await setup({ progressIntervalMs: 0 });
   const first = await ensureActivationCache(t.options);
