@@ -93,7 +93,7 @@ matrix:
     const rows = await cli(
       dir,
       "query",
-      "select r.config->>'$.modelKind' as kind, count(distinct m.sae) filter (where m.metric = 'l0') as saes, " +
+      "select r.config->>'$.model_kind' as kind, count(distinct m.sae) filter (where m.metric = 'l0') as saes, " +
         "string_agg(distinct s.pair, ' ' order by s.pair) as pairs " +
         "from runs r join metrics m on m.run_id = r.id join scalar_scores s on s.run_id = r.id " +
         "group by kind",

@@ -114,10 +114,12 @@ function resourceLines(r: SlurmResources): string[] {
 }
 
 /** The command line of the program, up to its subcommand's arguments. */
+// --verbose: a batch job's log is a file read afterwards, so it keeps every progress line (the
+// status line redrawn in place is for terminals).
 function program(p: GridScriptsPlan): string {
   return `${shellQuote(p.deno)} run --allow-all ${shellQuote(p.main)} run ${
     shellQuote(p.manifest)
-  }`;
+  } --verbose`;
 }
 
 /**

@@ -65,6 +65,7 @@ Deno.test("the array task i runs the run on line i + 1 into its own shard", asyn
       "/opt/scalar lab/main.ts",
       "run",
       "experiments/smoke.yaml",
+      "--verbose",
       "--run-id",
       "bbbbbbbbbbbb",
       "--db",
@@ -88,6 +89,7 @@ Deno.test("the prepare job prepares exactly the submitted runs", async () => {
     const lines = await execute(gridScripts(plan).prepare);
     equal(lines[0], dir);
     deepEqual(lines.slice(6), [
+      "--verbose",
       "--prepare",
       "--run-id",
       "aaaaaaaaaaaa",
