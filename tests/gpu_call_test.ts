@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { requestGpu } from "../lib/sae/gpu/device.ts";
-import { saveRandomToyModel } from "../lib/model/testdata/tiny_gpt.ts";
+import { CHAR_TINY, saveRandomToyModel } from "../lib/model/testdata/tiny_gpt.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const gpu = await requestGpu();
@@ -46,15 +46,7 @@ interface StepOutcome {
 }
 
 async function tinyGrid(dir: string): Promise<string> {
-  await saveRandomToyModel(join(dir, "model"), {
-    nLayer: 1,
-    nHead: 2,
-    dModel: 8,
-    dMlp: 16,
-    nCtx: 16,
-    vocabSize: 128,
-    lnEps: 1e-5,
-  }, 3);
+  await saveRandomToyModel(join(dir, "model"), CHAR_TINY, 3);
   // A corpus of 40,000 characters: the activation cache of the whole of Tiny Shakespeare takes
   // minutes through tfjs webgpu on llvmpipe.
   const text = await Deno.readTextFile(join(ROOT, "data/tinyshakespeare.txt"));

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { parse, stringify } from "yaml";
-import { saveRandomToyModel } from "../lib/model/testdata/tiny_gpt.ts";
+import { CHAR_TINY, saveRandomToyModel } from "../lib/model/testdata/tiny_gpt.ts";
 import { chromiumMissing, visit } from "./testdata/chromium.ts";
 import { MAIN } from "./testdata/tiny_grid.ts";
 
@@ -15,15 +15,7 @@ const QUICKSTART = new URL("../experiments/quickstart.yaml", import.meta.url);
 /** The quickstart manifest with a tiny model and budgets: everything else as shipped. */
 async function tinyQuickstart(dir: string): Promise<string> {
   const m = parse(await Deno.readTextFile(QUICKSTART));
-  await saveRandomToyModel(`${dir}/model`, {
-    nLayer: 2,
-    nHead: 2,
-    dModel: 8,
-    dMlp: 16,
-    nCtx: 16,
-    vocabSize: 128,
-    lnEps: 1e-5,
-  }, 3);
+  await saveRandomToyModel(`${dir}/model`, { ...CHAR_TINY, nLayer: 2 }, 3);
   m.model.checkpoint = "model";
   m.sae = { ...m.sae, features: 16, k: 2 };
   m.train = { ...m.train, steps: 6, batch: 4, warmup: 1, log_every: 2, checkpoint_every: 3 };

@@ -1,20 +1,8 @@
 import { deepEqual, equal, match, notEqual } from "node:assert/strict";
-import type { GPTConfig } from "../model/gpt.ts";
-import { saveRandomToyModel } from "../model/testdata/tiny_gpt.ts";
+import { CHAR_TINY, saveRandomToyModel } from "../model/testdata/tiny_gpt.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import { prepareRuns, sharedWorkKey } from "./prepare.ts";
 import { type SaeRunConfig, SCALAR_DEFAULTS } from "./sae_run.ts";
-
-/** A character-level model (vocabulary 128) small enough to fill caches in milliseconds. */
-const CHAR_TINY: GPTConfig = {
-  nLayer: 1,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 16,
-  vocabSize: 128,
-  lnEps: 1e-5,
-};
 
 function config(dir: string, overrides: Partial<SaeRunConfig>): SaeRunConfig {
   return {

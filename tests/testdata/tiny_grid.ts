@@ -7,21 +7,10 @@
  */
 import { resolve } from "node:path";
 import { SHIPPED_DATA_DIR } from "../../lib/data/corpus.ts";
-import type { GPTConfig } from "../../lib/model/gpt.ts";
-import { saveRandomToyModel } from "../../lib/model/testdata/tiny_gpt.ts";
+import { CHAR_TINY, saveRandomToyModel } from "../../lib/model/testdata/tiny_gpt.ts";
 
 /** The program's entry point. */
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
-
-const TINY: GPTConfig = {
-  nLayer: 1,
-  nHead: 2,
-  dModel: 8,
-  dMlp: 16,
-  nCtx: 16,
-  vocabSize: 128,
-  lnEps: 1e-5,
-};
 
 /** The folder holding `tinyshakespeare.txt`: `$SCALAR_DATA_DIR`, else the copy the repository ships. */
 export const dataDir: string | undefined = Deno.env.get("SCALAR_DATA_DIR") || SHIPPED_DATA_DIR;
@@ -61,7 +50,7 @@ export async function cli(cwd: string, ...args: string[]) {
  */
 export async function setUpTinyGrid(o: { steps?: number } = {}): Promise<string> {
   const dir = await Deno.makeTempDir();
-  await saveRandomToyModel(`${dir}/model`, TINY, 3);
+  await saveRandomToyModel(`${dir}/model`, CHAR_TINY, 3);
   await Deno.writeTextFile(
     `${dir}/grid.yaml`,
     `name: tiny-grid

@@ -20,6 +20,20 @@ export const TINY: Readonly<GPTConfig> = Object.freeze({
 });
 
 /**
+ * 1 layer, 2 heads, d_model 8, MLP 16, context 16, vocabulary 128: a character-level model (any
+ * text encodes) whose activation caches fill in milliseconds, for tests of whole runs.
+ */
+export const CHAR_TINY: Readonly<GPTConfig> = Object.freeze({
+  nLayer: 1,
+  nHead: 2,
+  dModel: 8,
+  dMlp: 16,
+  nCtx: 16,
+  vocabSize: 128,
+  lnEps: 1e-5,
+});
+
+/**
  * Writes a randomly initialised character-level model as a trained-model folder (what
  * `deno task train-model` leaves), for tests that need a model on disk.
  *
