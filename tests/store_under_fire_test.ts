@@ -400,7 +400,8 @@ Deno.test({
   name: "2. the runner stops when its wrapper is killed",
   ignore: dataDir === undefined,
   async fn() {
-    const dir = await setUpTinyGrid({ steps: 200 });
+    // Enough steps that a fast machine cannot finish the run inside the parent watch's period.
+    const dir = await setUpTinyGrid({ steps: 5000 });
     const wrapper = new Deno.Command("sh", {
       args: ["-c", `"${Deno.execPath()}" run -A "${MAIN}" run grid.yaml --verbose; echo after`],
       cwd: dir,
@@ -409,13 +410,13 @@ Deno.test({
       stderr: "piped",
     }).spawn();
     const out = readerOf(wrapper.stderr);
-    await out.until(/step\s+2\/200/);
+    await out.until(/step\s+2\/5000/);
     wrapper.kill("SIGKILL");
     await wrapper.status;
     // The runner holds the pipe until it ends: the stream closes when it has stopped.
     const stderr = await out.rest();
     assert.match(stderr, /interrupt: stopping the current run/);
-    assert.doesNotMatch(stderr, /step\s+200\/200/);
+    assert.doesNotMatch(stderr, /step\s+5000\/5000/);
     assert.equal(await sql(dir, "select status, owner_pid from runs"), "running,");
     await Deno.remove(dir, { recursive: true });
   },

@@ -69,7 +69,7 @@ function watchParent(interrupt: () => void): () => void {
       clearInterval(timer);
       interrupt();
     }
-  }, 1000);
+  }, 200);
   return () => clearInterval(timer);
 }
 
