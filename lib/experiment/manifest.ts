@@ -21,6 +21,7 @@ import { cachedSha256File } from "../util/sha256_file.ts";
 import { type GPTConfig, MODEL_PRESETS } from "../model/gpt.ts";
 import { GPT2_FILES, gpt2DownloadHint, gptConfigFromHf } from "../model/gpt2.ts";
 import { MODEL_KINDS } from "../model/load.ts";
+import { shippedModelProblem } from "../model/shipped.ts";
 import { ArchitectureError, ARCHITECTURES, checkArchitecture } from "../sae/architectures.ts";
 import type { Architecture } from "../sae/architectures.ts";
 import { layersProblem, type Position, POSITIONS } from "../sae/positions.ts";
@@ -39,8 +40,8 @@ import { type SaeRunConfig, SCALAR_DEFAULTS } from "./sae_run.ts";
 const t = SAE_TRAIN_DEFAULTS;
 const s = SCALAR_DEFAULTS;
 
-/** Where `deno task train-model experiments/toy-model.yaml` saves the paper's toy model. */
-export const DEFAULT_CHECKPOINT = "results/models/toy-model";
+/** The paper's toy model as shipped (trained by `experiments/toy-model.yaml`, see models/README.md). */
+export const DEFAULT_CHECKPOINT = "models/toy-model";
 
 /** The edge-count grids SCALAR can measure at (the reference's 35 counts, `EDGE_COUNTS`). */
 export const EDGE_GRIDS = ["log2-half"] as const;
@@ -70,8 +71,8 @@ export const MANIFEST_RULES: Rules = {
       },
       checkpoint: {
         type: "string",
-        doc: "kind toy: folder of a trained model (deno task train-model writes " +
-          "results/models/<name>), relative to the working directory",
+        doc: "kind toy: folder of a trained model, relative to the working directory (default: " +
+          "the paper's model as shipped; deno task train-model writes results/models/<name>)",
         default: DEFAULT_CHECKPOINT,
       },
       config: {
@@ -726,7 +727,10 @@ interface ModelInspection {
   sha256?: string;
 }
 
-/** Inspects a model folder and, when it is usable, hashes its weights (part of the run ids). */
+/**
+ * Inspects a model folder and, when it is usable, hashes its weights (part of the run ids); a
+ * shipped model must hold the shipped weights.
+ */
 async function inspectWeights(
   inspect: (dir: string) => Promise<ModelInspection>,
   dir: string,
@@ -734,13 +738,15 @@ async function inspectWeights(
   const found = await inspect(dir);
   if (found.problem) return found;
   const file = `${dir}/${GPT2_FILES.weights}`;
+  let sha256: string;
   try {
-    return { ...found, sha256: await cachedSha256File(file, hashCache()) };
+    sha256 = await cachedSha256File(file, hashCache());
   } catch (e) {
     return {
       problem: `Cannot read model weights "${file}": ${e instanceof Error ? e.message : e}`,
     };
   }
+  return { ...found, sha256, problem: shippedModelProblem(dir, sha256) };
 }
 
 /** Where manifest checking keeps the sha256 of model and data files between commands. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { CORPORA } from "../data/corpus.ts";
 import { GPT2_SMALL, SHAKESPEARE_64X4 } from "../model/gpt.ts";
 import { hfConfigFromGpt } from "../model/gpt2.ts";
+import { SHIPPED_MODELS } from "../model/shipped.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import {
   canonicalJson,
@@ -608,4 +609,30 @@ Deno.test("expandManifestText() maps a GPT-2 manifest: folder, layers, local dat
   const toy = (await expand("")).runs[0]!.config;
   for (const key of ["modelKind", "layers", "dataPath", "textField"]) assert.ok(!(key in toy), key);
   assert.ok(!("microBatch" in toy.train));
+});
+
+Deno.test("expandManifestText() refuses a shipped model folder whose weights are not the shipped ones", async () => {
+  const root = Deno.cwd(), dir = await Deno.makeTempDir({ prefix: "manifest_test_shipped_" });
+  await Deno.mkdir(`${dir}/models`);
+  await Deno.rename(await Deno.makeTempDir({ dir }), `${dir}/models/toy-model`);
+  await Deno.copyFile(`${MODEL}/config.json`, `${dir}/models/toy-model/config.json`);
+  await Deno.writeTextFile(`${dir}/models/toy-model/model.safetensors`, "");
+  Deno.chdir(dir);
+  try {
+    assert.deepEqual(await problems("name: t\nmodel: { checkpoint: ./models/toy-model/ }\n"), [
+      'm.yaml:2:10: model.checkpoint: Cannot use shipped model "models/toy-model": its ' +
+      `weights' sha256 is ${CONTENT.modelSha256.slice(0, 12)}…, the shipped model's is ` +
+      `${SHIPPED_MODELS["models/toy-model"]!.sha256.slice(0, 12)}…; restore it with ` +
+      "`git checkout -- models/toy-model` (or train it again with `deno task train-model " +
+      "experiments/toy-model.yaml` into a folder of another name)",
+    ]);
+  } finally {
+    Deno.chdir(root);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("expandManifestText() runs on the shipped toy model: its weights hash to the registered sha256", async () => {
+  const { runs } = await expandManifestText("m.yaml", "name: t\nmodel: { checkpoint: models/toy-model }\n");
+  assert.equal(runs[0]!.config.modelSha256, SHIPPED_MODELS["models/toy-model"]!.sha256);
 });
