@@ -31,7 +31,15 @@
  *   per-token segments of `mlp` and `mlp-block`, run with T = 1): then there are at most k rows
  *   per token and α instead of F_down.
  * - Causality (`sequence` mode): a row's positions after its last nonzero cotangent neither get a
- *   gradient nor reach earlier positions, so the row runs only that far (in length buckets).
+ *   gradient nor reach earlier positions, so the row runs only that far (in length buckets), and
+ *   its gradient sums are stored only that far (rows of one target side by side).
+ * - One forward per sequence (`block` pairs): every row of a sequence shares x̂_α, hence all the
+ *   block's activations, and the block's backward is linear in the cotangent; so the block runs
+ *   once per (sequence, α) and the rows' input gradients come from one batched backward
+ *   (`block_vjp.ts`, OpenBLAS and native loops), where each row's cotangent, nonzero at a few
+ *   positions, costs per entry rather than per position for everything but the keys' and
+ *   values' spread. Autodiff of the segment (above) remains for the other pairs in `sequence`
+ *   mode and where the native loops cannot be built.
  * - Gram matrices: score[i, j]² = Σ_t (s_t · gx_j[t] · w_i)² = w_iᵀ C_j w_i with C_j = Σ_t s_t² ·
  *   gx_j[t] gx_j[t]ᵀ (D × D) and w_i row i of W_dec_up, so each row position costs 2·D² flops
  *   (one product per target) instead of the direct map to all F_up upstream features (2·D·F_up,
@@ -40,7 +48,17 @@
  *
  * On the toy `mlp-block` pair (512 × 512, k 10, 4 steps, 24 sequences per batch; wasm + OpenBLAS,
  * 2 cores) a batch takes ~1–1.5 s in `token` mode, ~28 s in `sequence` mode and ~80 s in the
- * per-target loop; at `block`, where only `sequence` mode applies, the saving is ~3×.
+ * per-target loop.
+ *
+ * The toy `block` pair (same SAEs, 5 steps, 576 sequences) has 1,003,320 rows over 89.1 M row
+ * positions (`gradientTokens`). Autodiff of the segment re-ran the block's forward per row and
+ * its backward at every row position: its floor, ~124k FLOPs per row position (`block_vjp.ts`),
+ * is 11.1 TFLOP for the pair, and it took 18.4 min on a quiet machine. The batched block backward
+ * does 0.68 TFLOP instead (0.36 in per-entry products, 0.24 in the rows' scatter and ln_1, 0.08
+ * in 4,608 forwards, one per sequence, α and target chunk), the Gram matrices 0.21 TFLOP (25.3 M
+ * stored positions). The whole pair took 36–96 s, the block backward 24–60 s of it (11–28
+ * GFLOP/s), on the same 2 cores while a training run held them (nice 19 against −10); the bench
+ * case `attribution_block` ran 13.6× faster than autodiff's, interleaved (medians of 7).
  *
  * Dimensions: B sequences per batch, T positions (n_ctx), N = B·T tokens, D activation width,
  * F_up / F_down features, S steps, k features kept per token.
@@ -52,6 +70,7 @@ import type { GPT } from "../model/gpt.ts";
 import type { SaeSet } from "../sae/architectures.ts";
 import { isTokenwisePair, type SaePair } from "../sae/positions.ts";
 import { decode, encode } from "../sae/sae.ts";
+import { blockOfPair, BlockVjp, type SparseCotangents } from "./block_vjp.ts";
 
 /** How {@link attributePair} lays out its backward rows. */
 export type AttributionMode = "token" | "sequence";
@@ -117,7 +136,10 @@ export interface Attribution {
    * (the reference: its backward passes, batches × targets × steps).
    */
   gradientRows: number;
-  /** Token positions pushed through backward passes in total (rows × their lengths). */
+  /**
+   * Token positions pushed through backward passes in total: rows × their lengths (under autodiff
+   * rounded up to length buckets, in the block backward exact).
+   */
   gradientTokens: number;
   /** Row layout used (`reference` for the per-target oracle). */
   mode: AttributionMode | "reference";
@@ -289,97 +311,90 @@ export async function attributePairReference(
   };
 }
 
-/** One target chunk's summed gradients: row r's are gx[r][t][:] for t < rowLength[r]. */
-interface GradientRows {
-  /** Σ_α ∂/∂x̂ per row, `[R][Tu][D]`. */
+/**
+ * One target chunk's gradients, grouped by target: target `targets[q]` owns positions
+ * `start[q]` … `start[q + 1] − 1` of `gx` (`[positions][D]`), each Σ_α ∂/∂x̂ at one token of one
+ * of its rows, to be multiplied by that token's step length ‖z0‖₂ / S. Only the positions that
+ * got a gradient are stored ({@link compactRows}).
+ */
+interface TargetBlocks {
+  /** The gradient sums, `[positions][D]`. */
   gx: Float32Array;
-  /** Each row's unit (sequence or token). */
-  rowUnit: readonly number[];
-  /** Each row's downstream target feature. */
-  rowTarget: readonly number[];
-  /** Positions of each row that got a gradient at some α (the rest of its Tu are zero). */
-  rowLength: Int32Array;
-  /** ‖z0‖₂ / S per token. */
-  stepLength: Float32Array;
-  /** Tokens per unit. */
-  Tu: number;
+  /** Each position's step length ‖z0‖₂ / S. */
+  scale: Float32Array;
+  /** The chunk's targets (downstream features) that have rows. */
+  targets: Int32Array;
+  /** Position ranges per target, Q + 1 ascending values from 0. */
+  start: Int32Array;
   /** Activation width. */
   D: number;
 }
 
 /**
- * Adds the scores' squares the direct way: IG = gx · W_dec_upᵀ · ‖z0‖/S per row and position,
- * squared, summed over the row's positions, then over rows per target on the host (float64).
- * 2·D·F_up flops per row position; used where the Gram matrices of {@link accumulateGram} would
- * not fit in memory (GPT-2 widths).
+ * Adds the scores' squares the direct way: IG = s · gx · W_dec_upᵀ per position, squared and
+ * summed over each target's positions (`unsortedSegmentSum`), then added per target on the host
+ * (float64). 2·D·F_up flops per position; used where the Gram matrices of
+ * {@link accumulateGram} would not fit in memory (GPT-2 widths). At most `positionsPerSquare`
+ * positions per pass; a target's positions may span passes.
  */
 async function accumulateProjected(
-  o: GradientRows,
+  o: TargetBlocks,
   wDecUp: tf.Tensor,
   sumSq: Float64Array,
-  rowsPerSquare: number,
+  positionsPerSquare: number,
 ): Promise<void> {
-  const { gx, rowUnit, rowTarget, stepLength, Tu, D } = o;
-  const fUp = wDecUp.shape[0]!, R = rowTarget.length;
-  for (let r0 = 0; r0 < R; r0 += rowsPerSquare) {
-    const r1 = Math.min(R, r0 + rowsPerSquare), rows = r1 - r0;
-    const scale = new Float32Array(rows * Tu);
-    for (let r = r0; r < r1; r++) {
-      scale.set(stepLength.subarray(rowUnit[r]! * Tu, (rowUnit[r]! + 1) * Tu), (r - r0) * Tu);
+  const { gx, scale, targets, start, D } = o;
+  const fUp = wDecUp.shape[0]!, Q = targets.length, P = start[Q]!;
+  for (let p0 = 0, q0 = 0; p0 < P;) {
+    const p1 = Math.min(P, p0 + positionsPerSquare);
+    while (start[q0 + 1]! <= p0) q0++;
+    // Each position's target, counted from q0.
+    const segment = new Int32Array(p1 - p0);
+    let q1 = q0;
+    for (let p = p0; p < p1; p++) {
+      while (start[q1 + 1]! <= p) q1++;
+      segment[p - p0] = q1 - q0;
     }
     const sq = tf.tidy(() => {
-      const g = tf.tensor2d(gx.subarray(r0 * Tu * D, r1 * Tu * D), [rows * Tu, D]);
-      const ig = tf.matMul(g, wDecUp, false, true).mul(tf.tensor2d(scale, [rows * Tu, 1]));
-      return ig.square().reshape([rows, Tu, fUp]).sum(1);
+      const g = tf.tensor2d(gx.subarray(p0 * D, p1 * D), [p1 - p0, D])
+        .mul(tf.tensor2d(scale.subarray(p0, p1), [p1 - p0, 1]));
+      const ig = tf.matMul(g, wDecUp, false, true);
+      return tf.unsortedSegmentSum(ig.square(), tf.tensor1d(segment, "int32"), q1 - q0 + 1);
     });
     const values = (await sq.data()) as Float32Array;
     sq.dispose();
-    for (let r = r0; r < r1; r++) {
-      const to = rowTarget[r]! * fUp, from = (r - r0) * fUp;
+    for (let q = q0; q <= q1; q++) {
+      const to = targets[q]! * fUp, from = (q - q0) * fUp;
       for (let i = 0; i < fUp; i++) sumSq[to + i]! += values[from + i]!;
     }
+    p0 = p1;
   }
 }
 
 /**
- * Adds each target's Gram matrix C_j += Σ_rows Σ_t s_t² · gx[t] gx[t]ᵀ (D × D, float64 on the
- * host; the products in float32). Since score[i, j]² = Σ_t (s_t · gx[t] · w_i)² = w_iᵀ C_j w_i
+ * Adds each target's Gram matrix C_j += Σ_positions s_p² · gx[p] gx[p]ᵀ (D × D, float64 on the
+ * host; the products in float32). Since score[i, j]² = Σ_p (s_p · gx[p] · w_i)² = w_iᵀ C_j w_i
  * with w_i row i of W_dec_up, the scores follow from C at the end ({@link gramScores}): 2·D² flops
- * per row position instead of the direct map's 2·D·F_up (8× fewer on the toy pairs) and no
- * [positions, F_up] intermediate. Rows are copied per target into one matrix, `memory` bytes at
- * a time, and only over the positions that got a gradient.
+ * per position instead of the direct map's 2·D·F_up (8× fewer on the toy pairs) and no
+ * [positions, F_up] intermediate. Targets go `memory` bytes of positions at a time, each read
+ * where it lies.
  */
-async function accumulateGram(o: GradientRows, gram: Float64Array, memory: number): Promise<void> {
-  const { gx, rowUnit, rowTarget, rowLength, stepLength, Tu, D } = o;
-  const rowsOf = new Map<number, number[]>();
-  rowTarget.forEach((j, r) => (rowsOf.get(j) ?? rowsOf.set(j, []).get(j)!).push(r));
-  const targets = [...rowsOf.keys()];
-  const positions = targets.map((j) => rowsOf.get(j)!.reduce((n, r) => n + rowLength[r]!, 0));
+async function accumulateGram(o: TargetBlocks, gram: Float64Array, memory: number): Promise<void> {
+  const { gx, scale, targets, start, D } = o;
   const budget = Math.max(1, Math.floor(memory / (8 * D)));
   for (let q0 = 0; q0 < targets.length;) {
-    let q1 = q0, total = 0;
-    while (q1 < targets.length && (q1 === q0 || total + positions[q1]! <= budget)) {
-      total += positions[q1++]!;
-    }
-    const g = new Float32Array(total * D);
-    let at = 0;
-    for (let q = q0; q < q1; q++) {
-      for (const r of rowsOf.get(targets[q]!)!) {
-        for (let t = 0; t < rowLength[r]!; t++, at += D) {
-          const s = stepLength[rowUnit[r]! * Tu + t]!, from = (r * Tu + t) * D;
-          for (let d = 0; d < D; d++) g[at + d] = gx[from + d]! * s;
-        }
-      }
-    }
-    const products = tf.tidy(() => {
-      let start = 0;
-      return tf.stack(
-        positions.slice(q0, q1).map((n) => {
-          const m = tf.tensor2d(g.subarray(start * D, (start += n) * D), [n, D]);
+    let q1 = q0 + 1;
+    while (q1 < targets.length && start[q1 + 1]! - start[q0]! <= budget) q1++;
+    const products = tf.tidy(() =>
+      tf.stack(
+        Array.from({ length: q1 - q0 }, (_, i) => {
+          const p0 = start[q0 + i]!, p1 = start[q0 + i + 1]!;
+          const m = tf.tensor2d(gx.subarray(p0 * D, p1 * D), [p1 - p0, D])
+            .mul(tf.tensor2d(scale.subarray(p0, p1), [p1 - p0, 1]));
           return tf.matMul(m, m, true, false);
         }),
-      );
-    });
+      )
+    );
     const values = (await products.data()) as Float32Array;
     products.dispose();
     for (let q = q0; q < q1; q++) {
@@ -422,10 +437,298 @@ async function gramScores(
 }
 
 /**
+ * One target chunk's rows: every (unit, target in [j0, j1)) pair kept at some token of the unit at
+ * some α.
+ */
+interface ChunkRows {
+  /** Each row's unit (sequence or token). */
+  rowUnit: number[];
+  /** Each row's downstream target feature. */
+  rowTarget: number[];
+  /** Rows of unit u are unitStart[u] … unitStart[u + 1] − 1. */
+  unitStart: Int32Array;
+  /** Tokens per unit. */
+  Tu: number;
+  /** The chunk's targets, j0 … j1 − 1. */
+  j0: number;
+  j1: number;
+}
+
+/** The rows of targets j0 … j1 − 1 over `kept` (per α: [N][k] kept ids, −1 padded), by unit. */
+function chunkRows(
+  kept: readonly Int32Array[],
+  U: number,
+  Tu: number,
+  k: number,
+  fDown: number,
+  j0: number,
+  j1: number,
+): ChunkRows {
+  const rowUnit: number[] = [], rowTarget: number[] = [];
+  const unitStart = new Int32Array(U + 1);
+  const stamp = new Int32Array(fDown).fill(-1);
+  for (let u = 0; u < U; u++) {
+    unitStart[u] = rowUnit.length;
+    for (const ids of kept) {
+      for (let n = u * Tu; n < (u + 1) * Tu; n++) {
+        for (let c = 0; c < k; c++) {
+          const j = ids[n * k + c]!;
+          if (j < 0) break;
+          if (j < j0 || j >= j1 || stamp[j] === u) continue;
+          stamp[j] = u;
+          rowUnit.push(u);
+          rowTarget.push(j);
+        }
+      }
+    }
+  }
+  unitStart[U] = rowUnit.length;
+  return { rowUnit, rowTarget, unitStart, Tu, j0, j1 };
+}
+
+/**
+ * Calls `visit(r, t, j)` for every token where a chunk row's target is kept at one α (`kept`:
+ * [N][k] ids, −1 padded): row r, position t in its unit. Kept and positive is exactly where
+ * topkRelu passes the gradient on, and there the row's cotangent is W_enc_down[:, j].
+ */
+function forEachHot(
+  kept: Int32Array,
+  k: number,
+  rows: ChunkRows,
+  visit: (r: number, t: number, j: number) => void,
+): void {
+  const { rowTarget, unitStart, Tu, j0, j1 } = rows;
+  const rowOf = new Int32Array(j1 - j0);
+  for (let u = 0; u + 1 < unitStart.length; u++) {
+    for (let r = unitStart[u]!; r < unitStart[u + 1]!; r++) rowOf[rowTarget[r]! - j0] = r;
+    for (let n = u * Tu; n < (u + 1) * Tu; n++) {
+      for (let c = 0; c < k; c++) {
+        const j = kept[n * k + c]!;
+        if (j < 0) break;
+        if (j >= j0 && j < j1) visit(rowOf[j - j0]!, n - u * Tu, j);
+      }
+    }
+  }
+}
+
+/**
+ * A chunk's cotangent entries at one α, grouped by row: {@link SparseCotangents} without the
+ * vectors, since an entry's vector is its target's row of W_enc_downᵀ.
+ */
+type Hot = Omit<SparseCotangents, "vectors">;
+
+/** {@link forEachHot}'s entries, grouped by row. */
+function entriesAt(kept: Int32Array, k: number, rows: ChunkRows): Hot {
+  const R = rows.rowTarget.length, rowStart = new Int32Array(R + 1);
+  forEachHot(kept, k, rows, (r) => rowStart[r + 1]!++);
+  for (let r = 0; r < R; r++) rowStart[r + 1]! += rowStart[r]!;
+  const E = rowStart[R]!, position = new Int32Array(E), vector = new Int32Array(E);
+  const next = rowStart.slice(0, R);
+  forEachHot(kept, k, rows, (r, t, j) => {
+    position[next[r]!] = t;
+    vector[next[r]!++] = j;
+  });
+  return { rowStart, position, vector };
+}
+
+/** Per row, its last entry's position + 1 (0 for a row without entries). */
+function hotLengths(hot: Hot): Int32Array {
+  const R = hot.rowStart.length - 1, length = new Int32Array(R);
+  for (let r = 0; r < R; r++) {
+    for (let e = hot.rowStart[r]!; e < hot.rowStart[r + 1]!; e++) {
+      length[r] = Math.max(length[r]!, hot.position[e]! + 1);
+    }
+  }
+  return length;
+}
+
+/**
+ * Where a chunk's rows sit in its gradient buffer: grouped by target (rows of one target side by
+ * side, in unit order), each row only as long as its longest α's (its last nonzero cotangent + 1:
+ * by causality no later position gets a gradient).
+ *
+ * @param rows The chunk's rows.
+ * @param lengths Per α, each row's length ({@link hotLengths}).
+ * @param stepLength ‖z0‖₂ / S per token of the batch.
+ * @param D Activation width.
+ * @param store A previous chunk's buffer: `gx` is a zeroed view of it when it is large enough.
+ */
+function compactRows(
+  rows: ChunkRows,
+  lengths: readonly Int32Array[],
+  stepLength: Float32Array,
+  D: number,
+  store: Float32Array,
+): { rowLength: Int32Array; rowOffset: Int32Array; blocks: TargetBlocks } {
+  const { rowUnit, rowTarget, Tu } = rows;
+  const R = rowTarget.length, rowLength = new Int32Array(R), rowOffset = new Int32Array(R);
+  for (const length of lengths) length.forEach((n, r) => rowLength[r] = Math.max(rowLength[r]!, n));
+  const order = Array.from({ length: R }, (_, r) => r).sort((a, b) =>
+    rowTarget[a]! - rowTarget[b]!
+  );
+  const targets: number[] = [], start: number[] = [];
+  let positions = 0;
+  for (const r of order) {
+    if (targets.at(-1) !== rowTarget[r]) {
+      targets.push(rowTarget[r]!);
+      start.push(positions);
+    }
+    rowOffset[r] = positions * D;
+    positions += rowLength[r]!;
+  }
+  start.push(positions);
+  if (positions * D >= 2 ** 31) {
+    throw new RangeError(`Cannot hold ${positions} gradient positions of ${D} in one chunk`);
+  }
+  const scale = new Float32Array(positions);
+  rowOffset.forEach((offset, r) => {
+    const from = rowUnit[r]! * Tu;
+    scale.set(stepLength.subarray(from, from + rowLength[r]!), offset / D);
+  });
+  const n = positions * D;
+  const blocks = {
+    gx: n <= store.length ? store.subarray(0, n).fill(0) : new Float32Array(n),
+    scale,
+    targets: Int32Array.from(targets),
+    start: Int32Array.from(start),
+    D,
+  };
+  return { rowLength, rowOffset, blocks };
+}
+
+/** What one α's backward passes read and where they add: see {@link segmentPasses}. */
+interface PassInputs {
+  /** The chunk's entries at this α. */
+  hot: Hot;
+  /** Each row's last entry position + 1 at this α ({@link hotLengths}). */
+  length: Int32Array;
+  /** x̂_α of the batch, `[N][D]`. */
+  xHat: Float32Array;
+  /** The chunk's gradient sums, added to: row r's position t at rowOffset[r] + t·D. */
+  gx: Float32Array;
+  rowOffset: Int32Array;
+  /** Each row's stored positions (its longest α's length). */
+  rowLength: Int32Array;
+  /** Each row's unit. */
+  rowUnit: readonly number[];
+  /** Tokens per unit. */
+  Tu: number;
+  /** Activation width. */
+  D: number;
+}
+
+/**
+ * One α's rows by tfjs autodiff of the segment: each row on its own copy of its unit's first L
+ * positions of x̂_α (causal attention: positions after a row's last nonzero cotangent neither get
+ * a gradient nor reach earlier ones), rows of one rounded length stacked in the batch dimension,
+ * as many per pass as `memory` allows. The cotangent at an entry is W_enc_down[:, j], a row of
+ * `wEncDownT`.
+ *
+ * @returns The positions pushed through (rows × their rounded lengths).
+ */
+async function segmentPasses(
+  segment: (x: tf.Tensor) => tf.Tensor,
+  memory: number,
+  floatsPerToken: (L: number) => number,
+  wEncDownT: Float32Array,
+  at: PassInputs,
+): Promise<number> {
+  const { hot, length, xHat, gx, rowOffset, rowLength, rowUnit, Tu, D } = at;
+  // Row lengths are rounded up to multiples of this (sequence mode), n_ctx / 8 at most.
+  const lengthBucket = Math.max(1, Math.ceil(Tu / 8));
+  const byLength = new Map<number, number[]>();
+  length.forEach((n, r) => {
+    if (n === 0) return;
+    const L = Math.min(Tu, Math.ceil(n / lengthBucket) * lengthBucket);
+    (byLength.get(L) ?? byLength.set(L, []).get(L)!).push(r);
+  });
+  let tokens = 0;
+  for (const [L, members] of byLength) {
+    tokens += members.length * L;
+    const perPass = Math.max(1, Math.floor(memory / (4 * floatsPerToken(L) * L)));
+    for (let m0 = 0; m0 < members.length; m0 += perPass) {
+      const part = members.slice(m0, m0 + perPass), rows = part.length;
+      // Gathered on the host: each row's first L positions of x̂_α and its cotangent.
+      const xRows = new Float32Array(rows * L * D), dyRows = new Float32Array(rows * L * D);
+      part.forEach((r, p) => {
+        const u = rowUnit[r]!;
+        xRows.set(xHat.subarray(u * Tu * D, (u * Tu + L) * D), p * L * D);
+        for (let e = hot.rowStart[r]!; e < hot.rowStart[r + 1]!; e++) {
+          const j = hot.vector[e]!;
+          dyRows.set(wEncDownT.subarray(j * D, (j + 1) * D), (p * L + hot.position[e]!) * D);
+        }
+      });
+      const g = tf.tidy(() =>
+        tf.grad(segment)(tf.tensor3d(xRows, [rows, L, D]), tf.tensor3d(dyRows, [rows, L, D]))
+      );
+      const values = (await g.data()) as Float32Array;
+      g.dispose();
+      // Positions past the row's stored length got no gradient (causality).
+      part.forEach((r, p) => {
+        const to = rowOffset[r]!, from = p * L * D, n = Math.min(L, rowLength[r]!) * D;
+        for (let e = 0; e < n; e++) gx[to + e]! += values[from + e]!;
+      });
+    }
+  }
+  return tokens;
+}
+
+/**
+ * One α's rows of a `block` pair by the batched block backward: per unit (sequence) one forward
+ * of the block on x̂_α, then all its rows' input gradients at once, added into `gx` (see
+ * `block_vjp.ts`); the cotangent vectors are the rows of `wEncDownT`.
+ *
+ * @returns The positions the rows' gradients cover (rows × their exact lengths).
+ */
+function blockPasses(
+  vjp: BlockVjp,
+  unitStart: Int32Array,
+  wEncDownT: Float32Array,
+  at: PassInputs,
+): number {
+  const { hot, length, xHat, gx, rowOffset, Tu, D } = at;
+  let tokens = 0;
+  for (let u = 0; u + 1 < unitStart.length; u++) {
+    const r0 = unitStart[u]!, r1 = unitStart[u + 1]!;
+    const e0 = hot.rowStart[r0]!, e1 = hot.rowStart[r1]!;
+    if (e1 === e0) continue;
+    const f = vjp.forward(xHat.subarray(u * Tu * D, (u + 1) * Tu * D));
+    const c = {
+      rowStart: hot.rowStart.slice(r0, r1 + 1).map((e) => e - e0),
+      position: hot.position.subarray(e0, e1),
+      vector: hot.vector.subarray(e0, e1),
+      vectors: wEncDownT,
+    };
+    vjp.accumulate(f, c, gx, rowOffset.subarray(r0, r1));
+    for (let r = r0; r < r1; r++) tokens += length[r]!;
+  }
+  return tokens;
+}
+
+/**
+ * The batched block backward for a `block` pair in `sequence` mode, where its native loops and
+ * OpenBLAS open; undefined otherwise (autodiff then runs, and `log` says why for a block pair).
+ */
+async function blockBackward(
+  o: AttributionOptions,
+  mode: AttributionMode,
+  memory: number,
+  log: (line: string) => void,
+): Promise<BlockVjp | undefined> {
+  const block = mode === "sequence" ? blockOfPair(o.pair) : undefined;
+  if (block === undefined) return undefined;
+  const opened = await BlockVjp.open(o.model, block, memory);
+  if (!("error" in opened)) return opened;
+  log(`attribution ${o.pair.up} → ${o.pair.down}: block backward by autodiff (${opened.error})`);
+  return undefined;
+}
+
+/**
  * Scores every edge of one SAE pair by the reference's integrated gradients (see the module
  * documentation), batched: per batch and α one forward pass finds the kept downstream features,
  * then the segment is differentiated once for all (unit, target) rows with a nonzero cotangent,
- * stacked in the batch dimension. Equal to {@link attributePairReference} up to float rounding.
+ * stacked in the batch dimension (a `block` pair's by the batched block backward). Equal to
+ * {@link attributePairReference} up to float rounding.
  *
  * @param o Model, SAEs, pair, validation tokens and sizes.
  * @returns The scores and statistics.
@@ -462,15 +765,16 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
   // ~18.7k in a whole block at L = 128) and rounded up: the kept activations, their gradients
   // and attention's L scores per head.
   const floatsPerToken = (L: number) => 32 * D + 40 * dMlp + (tokenwise ? 0 : 16 * nHead * L);
-  // Row lengths are rounded up to multiples of this (sequence mode), n_ctx / 8 at most.
-  const lengthBucket = Math.max(1, Math.ceil(Tu / 8));
-  const rowsPerSquare = Math.max(1, Math.floor(memory / (4 * 3 * Tu * fUp)));
+  const positionsPerSquare = Math.max(1, Math.floor(memory / (4 * 3 * fUp)));
   // Per target, the Gram matrix of its scaled gradients (see accumulateGram), when they fit.
   const gram = 8 * fDown * D * D <= memory ? new Float64Array(fDown * D * D) : undefined;
   const segment = segmentOf(model, pair);
+  const vjp = await blockBackward(o, mode, memory, log);
   const as = alphas(steps);
   const sumSq = new Float64Array(fDown * fUp); // transposed: [j][i]
   let gradientRows = 0, gradientTokens = 0;
+  // The chunks' gradient buffer, reused: zeroing warm memory is cheaper than faulting in fresh.
+  let gxStore: Float32Array = new Float32Array(0);
 
   // Weights reused by every pass: clones (or new tensors), never the SAEs' own variables.
   const fixed = tf.tidy(() => ({
@@ -518,105 +822,29 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
       }
 
       for (let j0 = 0; j0 < fDown; j0 += chunk) {
-        const j1 = Math.min(fDown, j0 + chunk);
-        // Rows: every (unit, target in the chunk) pair kept at some token of the unit at some α.
-        const rowUnit: number[] = [], rowTarget: number[] = [];
-        const unitStart = new Int32Array(U + 1);
-        const stamp = new Int32Array(fDown).fill(-1), rowOf = new Int32Array(fDown);
-        for (let u = 0; u < U; u++) {
-          unitStart[u] = rowUnit.length;
-          for (const ids of kept) {
-            for (let n = u * Tu; n < (u + 1) * Tu; n++) {
-              for (let c = 0; c < k; c++) {
-                const j = ids[n * k + c]!;
-                if (j < 0) break;
-                if (j < j0 || j >= j1 || stamp[j] === u) continue;
-                stamp[j] = u;
-                rowUnit.push(u);
-                rowTarget.push(j);
-              }
-            }
-          }
-        }
-        const R = rowUnit.length;
-        unitStart[U] = R;
-        // Σ_α ∂/∂x̂ per row, [R][Tu][D]: the map to upstream features is linear, so it is applied
-        // once after the sum (float32, like the reference's running integral).
-        const gx = new Float32Array(R * Tu * D);
-        const rowLength = new Int32Array(R); // positions with a gradient, at any α
-
+        const layout = chunkRows(kept, U, Tu, k, fDown, j0, Math.min(fDown, j0 + chunk));
+        const { rowUnit, unitStart } = layout;
+        const hots = kept.map((ids) => entriesAt(ids, k, layout));
+        const lengths = hots.map(hotLengths);
+        const { rowLength, rowOffset, blocks } = compactRows(
+          layout,
+          lengths,
+          stepLength,
+          D,
+          gxStore,
+        );
+        gxStore = blocks.gx.length > gxStore.length ? blocks.gx : gxStore;
         for (let s = 0; s < steps; s++) {
-          // The rows with a nonzero cotangent at this α, and (sequence mode) where it is nonzero.
-          const active: number[] = [];
-          const activeAt = new Int32Array(R).fill(-1);
-          const hot: number[] = []; // active index · Tu + position
-          for (let u = 0; u < U; u++) {
-            for (let r = unitStart[u]!; r < unitStart[u + 1]!; r++) rowOf[rowTarget[r]!] = r;
-            for (let n = u * Tu; n < (u + 1) * Tu; n++) {
-              for (let c = 0; c < k; c++) {
-                const j = kept[s]![n * k + c]!;
-                if (j < 0) break;
-                if (j < j0 || j >= j1) continue;
-                const r = rowOf[j]!;
-                if (activeAt[r]! < 0) {
-                  activeAt[r] = active.length;
-                  active.push(r);
-                }
-                hot.push(activeAt[r]! * Tu + (n - u * Tu));
-              }
-            }
-          }
-          const mask = new Float32Array(active.length * Tu);
-          // Causal attention: positions after a row's last nonzero cotangent neither receive
-          // gradient nor influence earlier positions, so each row runs only up to its last hot
-          // position (rounded up to a length bucket, rows of one length share a pass).
-          const length = new Int32Array(active.length);
-          for (const h of hot) {
-            mask[h] = 1;
-            const a = Math.floor(h / Tu);
-            length[a] = Math.max(length[a]!, h - a * Tu + 1);
-          }
-          const byLength = new Map<number, number[]>();
-          for (let a = 0; a < active.length; a++) {
-            const L = Math.min(Tu, Math.ceil(length[a]! / lengthBucket) * lengthBucket);
-            (byLength.get(L) ?? byLength.set(L, []).get(L)!).push(a);
-            rowLength[active[a]!] = Math.max(rowLength[active[a]!]!, L);
-          }
-          gradientRows += active.length;
-          for (const [L, members] of byLength) {
-            gradientTokens += members.length * L;
-            const perPass = Math.max(1, Math.floor(memory / (4 * floatsPerToken(L) * L)));
-            for (let m0 = 0; m0 < members.length; m0 += perPass) {
-              const part = members.slice(m0, m0 + perPass), rows = part.length;
-              // Gathered on the host: each row's first L positions of x̂_α and the cotangent
-              // mask_α[t, j] · W_enc_down[:, j] at each of them.
-              const xRows = new Float32Array(rows * L * D), dyRows = new Float32Array(rows * L * D);
-              part.forEach((a, p) => {
-                const u = rowUnit[active[a]!]!, j = rowTarget[active[a]!]!;
-                xRows.set(xHats[s]!.subarray(u * Tu * D, (u * Tu + L) * D), p * L * D);
-                const w = wEncDownT.subarray(j * D, (j + 1) * D);
-                for (let t = 0; t < L; t++) {
-                  if (mask[a * Tu + t] === 1) dyRows.set(w, (p * L + t) * D);
-                }
-              });
-              const g = tf.tidy(() =>
-                tf.grad(segment)(
-                  tf.tensor3d(xRows, [rows, L, D]),
-                  tf.tensor3d(dyRows, [rows, L, D]),
-                )
-              );
-              const values = (await g.data()) as Float32Array;
-              g.dispose();
-              part.forEach((a, p) => {
-                const to = active[a]! * Tu * D, from = p * L * D;
-                for (let e = 0; e < L * D; e++) gx[to + e]! += values[from + e]!;
-              });
-            }
+          gradientRows += lengths[s]!.filter((n) => n > 0).length;
+          const hot = hots[s]!, length = lengths[s]!, gx = blocks.gx;
+          const at = { hot, length, xHat: xHats[s]!, gx, rowOffset, rowLength, rowUnit, Tu, D };
+          if (vjp) gradientTokens += blockPasses(vjp, unitStart, wEncDownT, at);
+          else {
+            gradientTokens += await segmentPasses(segment, memory, floatsPerToken, wEncDownT, at);
           }
         }
-        const rows = { gx, rowUnit, rowTarget, rowLength, stepLength, Tu, D };
-        if (gram) await accumulateGram(rows, gram, memory);
-        else await accumulateProjected(rows, fixed.wDecUp, sumSq, rowsPerSquare);
+        if (gram) await accumulateGram(blocks, gram, memory);
+        else await accumulateProjected(blocks, fixed.wDecUp, sumSq, positionsPerSquare);
       }
       log(
         `attribution ${pair.up} → ${pair.down} (${mode} rows): ${first + B}/${sequences} ` +

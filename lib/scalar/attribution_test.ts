@@ -46,7 +46,9 @@ for (const position of POSITIONS) {
     Deno.test(`attributePair() equals the per-target oracle: ${position}, ${arch}`, async () => {
       const { model, saes, pair, tokens } = setup(position, arch, 3);
       try {
-        const common = { model, saes, pair, tokens, sequences: SEQUENCES, log: quiet };
+        const lines: string[] = [];
+        const log = (line: string) => lines.push(line);
+        const common = { model, saes, pair, tokens, sequences: SEQUENCES, log };
         const before = tf.memory().numTensors;
         for (const steps of [3, 1]) {
           const ref = await attributePairReference({ ...common, batchSequences: 2, steps });
@@ -74,6 +76,8 @@ for (const position of POSITIONS) {
           }
         }
         assert.equal(tf.memory().numTensors, before, "tensors leaked");
+        // A block pair runs the batched block backward (block_vjp.ts), not its autodiff fallback.
+        assert.ok(!lines.some((l) => l.includes("by autodiff")), lines.join("\n"));
       } finally {
         model.dispose();
         saes.dispose();
