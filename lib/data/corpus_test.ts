@@ -122,6 +122,9 @@ Deno.test("resolveCorpus() replaces a cached copy with the wrong sha256", async 
 
 Deno.test("resolveCorpus() reports a download with the wrong sha256 and caches nothing", async () => {
   await withTempDir(async (cacheDir) => {
+    // Hashed before the download starts: an await between creating the rejecting promise and
+    // handing it to rejects() would leave its rejection unhandled when the download wins.
+    const sha256 = await sha256Hex(TEXT_BYTES);
     await withServer(() => new Response(TEXT), async (server) => {
       await rejects(
         resolveCorpus("tinyshakespeare", {
@@ -134,7 +137,7 @@ Deno.test("resolveCorpus() reports a download with the wrong sha256 and caches n
         isCorpusError(
           new RegExp(
             `^Cannot get corpus "tinyshakespeare": download from "${escape(server.url)}" has ` +
-              `${TEXT_BYTES.length} bytes with sha256 ${await sha256Hex(TEXT_BYTES)}, expected ` +
+              `${TEXT_BYTES.length} bytes with sha256 ${sha256}, expected ` +
               `1115394 bytes with sha256 ${SHAKESPEARE.sha256}\\. Put the file at ` +
               `\\$SCALAR_DATA_DIR/tinyshakespeare\\.txt \\(1115394 bytes with sha256 ` +
               `${SHAKESPEARE.sha256}\\) or in "${escape(cacheDir)}"$`,
