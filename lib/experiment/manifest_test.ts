@@ -633,6 +633,9 @@ Deno.test("expandManifestText() refuses a shipped model folder whose weights are
 });
 
 Deno.test("expandManifestText() runs on the shipped toy model: its weights hash to the registered sha256", async () => {
-  const { runs } = await expandManifestText("m.yaml", "name: t\nmodel: { checkpoint: models/toy-model }\n");
+  const { runs } = await expandManifestText(
+    "m.yaml",
+    "name: t\nmodel: { checkpoint: models/toy-model }\n",
+  );
   assert.equal(runs[0]!.config.modelSha256, SHIPPED_MODELS["models/toy-model"]!.sha256);
 });

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { assertRelClose } from "./testdata/close.ts";
 import * as tf from "@tensorflow/tfjs";
 import { GPT } from "../model/gpt.ts";
 import { buildSaes, type SaeSet } from "../sae/architectures.ts";
@@ -23,18 +24,6 @@ function setup(position: Position, arch: "topk" | "staircase", seed: number) {
   }
   const tokens = Int32Array.from({ length: SEQUENCES * CONFIG.nCtx + 3 }, () => rng.int(11));
   return { model, saes, pair: layout.pairs[1]!, tokens };
-}
-
-/** max |a − b| / max |b| ≤ tol, with b not all zero. */
-function assertRelClose(a: Float32Array, b: Float32Array, tol: number, what: string): void {
-  assert.equal(a.length, b.length, what);
-  let diff = 0, scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  assert.ok(scale > 0, `${what}: reference is all zero`);
-  assert.ok(diff <= tol * scale, `${what}: max |a − b| = ${diff}, max |b| = ${scale}`);
 }
 
 function assertNonNegative(r: Attribution, what: string): void {

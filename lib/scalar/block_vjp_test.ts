@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { assertRelClose } from "./testdata/close.ts";
 import * as tf from "@tensorflow/tfjs";
 import { GPT, type GPTConfig } from "../model/gpt.ts";
 import { TINY } from "../model/testdata/tiny_gpt.ts";
@@ -74,18 +75,6 @@ async function autodiff(
   return values;
 }
 
-/** max |a − b| ≤ tol · max |b|, with b not all zero. */
-function assertClose(a: Float32Array, b: Float32Array, tol: number, what: string): void {
-  assert.equal(a.length, b.length, what);
-  let diff = 0, scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  assert.ok(scale > 0, `${what}: reference is all zero`);
-  assert.ok(diff <= tol * scale, `${what}: max |a − b| = ${diff}, max |b| = ${scale}`);
-}
-
 // Widths that are whole vectors of 16 floats: the native scatter's register-blocked paths (one
 // vector at a time at d_model 32, four at 64, 64 + 16 at 80).
 const WIDE = (dModel: number): GPTConfig => ({ ...TINY, nHead: 4, dModel, dMlp: 64, nCtx: 12 });
@@ -114,7 +103,7 @@ for (
             stopAt: `blocks.${layer}.hook_resid_post`,
           }).output
         );
-        assertClose(f.output, (await y.data()) as Float32Array, 1e-5, `${what}: forward`);
+        assertRelClose(f.output, (await y.data()) as Float32Array, 1e-5, `${what}: forward`);
         y.dispose();
 
         const R = 7, c = randomRows(R, T, D, 4, 3);
@@ -133,7 +122,7 @@ for (
             }
           }
         }
-        assertClose(got, want, 1e-4, `${what}: gradient, ${memory} bytes`);
+        assertRelClose(got, want, 1e-4, `${what}: gradient, ${memory} bytes`);
         // Row 1 has no entries: nothing is added there.
         assert.ok(got.subarray(T * D, 2 * T * D).every((v) => v === 0), `${what}: empty row`);
       }
