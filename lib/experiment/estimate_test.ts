@@ -67,8 +67,8 @@ Deno.test("estimateRun() counts the toy run's memory and arithmetic from its par
 
 Deno.test("estimateRun() counts the CPU engine's training at the quickstart's shape by hand", () => {
   // experiments/quickstart.yaml: mlp-block of the 4-layer toy (d 64, MLP 256), 512 features,
-  // k 10, 200 steps of 32 sequences × 128 tokens = 4,096 tokens.
-  const train = { ...SAE_TRAIN_DEFAULTS, steps: 200, batch: 32 };
+  // k 10, 400 steps of 32 sequences × 128 tokens = 4,096 tokens.
+  const train = { ...SAE_TRAIN_DEFAULTS, steps: 400, batch: 32 };
   const corpus = { train: 1_003_776, val: 111_618 };
   const training = (arch: Architecture, stepper: "cpu" | "tfjs") =>
     estimateRun(
@@ -79,12 +79,12 @@ Deno.test("estimateRun() counts the CPU engine's training at the quickstart's sh
     ).work[0]!.amount;
   // Per token and SAE: the encoder product 2 · 64 · 512 = 65,536, and over the 10 kept features
   // decode, ∂L/∂pre, ∂W_dec and ∂W_enc at 2 · 64 each: 5,120. Eight SAEs: 565,248 per token.
-  assert.equal(training("topk", "cpu"), 200 * 4096 * 565_248);
+  assert.equal(training("topk", "cpu"), 400 * 4096 * 565_248);
   // Staircase: the resid_post SAE of each layer encodes 1,024 shared features:
   // 4 · 65,536 + 4 · 131,072 + 8 · 5,120 = 827,392 per token.
-  assert.equal(training("staircase", "cpu"), 200 * 4096 * 827_392);
+  assert.equal(training("staircase", "cpu"), 400 * 4096 * 827_392);
   // The reference stays dense: 6 · 64 per feature, 4,096 features.
-  assert.equal(training("topk", "tfjs"), 200 * 4096 * 6 * 64 * 4096);
+  assert.equal(training("topk", "tfjs"), 400 * 4096 * 6 * 64 * 4096);
   // JSAE adds per pair (4) and token GELU′'s product 2 · 64 · 256 = 32,768 and J with both of its
   // gradients over 10 × 10 pairs, 6 · 100 · 256 = 153,600; per step the factors and their
   // gradients, 4 · 64 · 256 · (512 + 512) = 67,108,864.
