@@ -724,6 +724,54 @@ async function blockBackward(
 }
 
 /**
+ * One batch's clean pass: per token the reference's IG step length ‖z0‖₂ / S, and per α the decoded
+ * point x̂_α = (α·z0)·W_dec + b_dec and the downstream SAE's kept and positive features (the masks
+ * through which topkRelu passes the gradient on), as `[N][k]` ids padded with −1.
+ */
+async function cleanPass(
+  o: AttributionOptions,
+  segment: (x: tf.Tensor) => tf.Tensor,
+  as: number[],
+  first: number,
+  B: number,
+  fDown: number,
+): Promise<{ stepLength: Float32Array; xHats: Float32Array[]; kept: Int32Array[] }> {
+  const { model, saes, pair, tokens } = o;
+  const { nCtx: T, dModel: D } = model.config;
+  const k = saes.k, N = B * T;
+  const clean = tf.tidy(() => {
+    const ids = tf.tensor2d(tokens.subarray(first * T, (first + B) * T), [B, T], "int32");
+    const x = model.run({ tokens: ids, stopAt: pair.up }).output;
+    const z0 = encode(saes.weights(pair.up), x.reshape([N, D]), k);
+    const xHats = as.map((a) => decode(saes.weights(pair.up), z0.mul(a)));
+    const features = xHats.map((xHat) => {
+      const y = segment(xHat.reshape([B, T, D]));
+      return encode(saes.weights(pair.down), y.reshape([N, D]), k);
+    });
+    // The reference's step length ‖z0‖₂ / S per token (see the module documentation).
+    return { stepLength: z0.square().sum(1).sqrt().div(as.length), xHats, features };
+  });
+  try {
+    const stepLength = (await clean.stepLength.data()) as Float32Array;
+    const xHats: Float32Array[] = [];
+    for (const t of clean.xHats) xHats.push((await t.data()) as Float32Array);
+    const kept: Int32Array[] = [];
+    for (const t of clean.features) {
+      const f = (await t.data()) as Float32Array;
+      const ids = new Int32Array(N * k).fill(-1);
+      for (let n = 0; n < N; n++) {
+        let c = 0;
+        for (let j = 0; j < fDown && c < k; j++) if (f[n * fDown + j]! > 0) ids[n * k + c++] = j;
+      }
+      kept.push(ids);
+    }
+    return { stepLength, xHats, kept };
+  } finally {
+    tf.dispose([clean.stepLength, ...clean.xHats, ...clean.features]);
+  }
+}
+
+/**
  * Scores every edge of one SAE pair by the reference's integrated gradients (see the module
  * documentation), batched: per batch and α one forward pass finds the kept downstream features,
  * then the segment is differentiated once for all (unit, target) rows with a nonzero cotangent,
@@ -738,7 +786,7 @@ async function blockBackward(
  */
 export async function attributePair(o: AttributionOptions): Promise<Attribution> {
   const started = performance.now();
-  const { model, saes, pair, tokens } = o;
+  const { model, saes, pair } = o;
   const { sequences, batchSequences, steps, fUp, fDown, log } = resolve(o);
   const tokenwise = isTokenwisePair(pair);
   const mode = o.mode ?? (tokenwise ? "token" : "sequence");
@@ -786,40 +834,7 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
     for (let first = 0; first < sequences; first += batchSequences) {
       const B = Math.min(batchSequences, sequences - first), N = B * T, U = N / Tu;
       const batchStarted = performance.now();
-      // Clean pass, then per α the decoded point x̂_α and the downstream features (for the masks).
-      const clean = tf.tidy(() => {
-        const ids = tf.tensor2d(tokens.subarray(first * T, (first + B) * T), [B, T], "int32");
-        const x = model.run({ tokens: ids, stopAt: pair.up }).output;
-        const z0 = encode(saes.weights(pair.up), x.reshape([N, D]), k);
-        const xHats = as.map((a) => decode(saes.weights(pair.up), z0.mul(a)));
-        const features = xHats.map((xHat) => {
-          const y = segment(xHat.reshape([B, T, D]));
-          return encode(saes.weights(pair.down), y.reshape([N, D]), k);
-        });
-        // The reference's step length ‖z0‖₂ / S per token (see the module documentation).
-        return { stepLength: z0.square().sum(1).sqrt().div(steps), xHats, features };
-      });
-      let stepLength: Float32Array, xHats: Float32Array[];
-      const kept: Int32Array[] = []; // per α: [N][k] kept feature ids, −1 padded
-      try {
-        stepLength = (await clean.stepLength.data()) as Float32Array;
-        xHats = [];
-        for (const t of clean.xHats) xHats.push((await t.data()) as Float32Array);
-        for (const t of clean.features) {
-          const f = (await t.data()) as Float32Array;
-          const ids = new Int32Array(N * k).fill(-1);
-          for (let n = 0; n < N; n++) {
-            let c = 0;
-            // Kept and positive: exactly where topkRelu passes the gradient on.
-            for (let j = 0; j < fDown && c < k; j++) {
-              if (f[n * fDown + j]! > 0) ids[n * k + c++] = j;
-            }
-          }
-          kept.push(ids);
-        }
-      } finally {
-        tf.dispose([clean.stepLength, ...clean.xHats, ...clean.features]);
-      }
+      const { stepLength, xHats, kept } = await cleanPass(o, segment, as, first, B, fDown);
 
       for (let j0 = 0; j0 < fDown; j0 += chunk) {
         const layout = chunkRows(kept, U, Tu, k, fDown, j0, Math.min(fDown, j0 + chunk));
