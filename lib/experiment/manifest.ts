@@ -879,10 +879,12 @@ async function inspectModel(dir: string): Promise<ModelInspection> {
 /**
  * The manifest that trains the model of a folder: `experiments/<folder name>.yaml` if present, else
  * the one in `experiments/reduced/` whose `name` is the folder's (`toy-model-2k` is trained by
- * `experiments/reduced/toy-model.yaml`), else the paper's model.
+ * `experiments/reduced/toy-model.yaml`; a `-best` folder, by the manifest that wrote it), else
+ * the paper's model.
  */
 async function trainingManifest(dir: string): Promise<string> {
-  const name = basename(dir);
+  // train-model writes a run's best-validation weights beside it, as <name>-best.
+  const name = basename(dir).replace(/-best$/, "");
   const own = `experiments/${name}.yaml`;
   try {
     await Deno.stat(own);

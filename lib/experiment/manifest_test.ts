@@ -437,6 +437,15 @@ const MALFORMED: { what: string; text: string; expect: string[] }[] = [
     ],
   },
   {
+    what: "missing best-validation weights of a reduced fine-tune",
+    text: "name: t\nmodel:\n  checkpoint: /nonexistent/models/toy-model-dyt-2k-best\n",
+    expect: [
+      'm.yaml:3:3: model.checkpoint: Cannot find trained model ' +
+      '"/nonexistent/models/toy-model-dyt-2k-best": the folder does not exist; train it with ' +
+      "`deno task train-model experiments/reduced/toy-model-dyt.yaml`",
+    ],
+  },
+  {
     what: "missing shipped model",
     text: "name: t\nmodel:\n  checkpoint: models/absent-model\n",
     expect: [
