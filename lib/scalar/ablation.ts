@@ -274,12 +274,14 @@ interface Group {
 }
 
 /**
- * One segment pass: positions to run (`z`, host-built masked upstream features `[R, F_up]`, shaped
- * for the segment as `shape`), and where each needed pre-activation goes: `gather[e]` is a flat
- * index into the pass's `[R, F_down]` pre-activations, `target[e]` one into the assembled matrix.
+ * One segment pass: positions to run (`xHat`, the masked upstream features decoded on the host,
+ * `[R, D_up]`, shaped for the segment as `shape`), and where each needed pre-activation goes:
+ * `gather[e]` is a flat index into the pass's `[R, F_down]` pre-activations, `target[e]` one into
+ * the assembled matrix. Rows hold few nonzero features (≤ k for TopK), so decoding them on the host
+ * costs a few multiply-adds per dimension where a dense `[R, F_up]` product would cost F_up.
  */
 interface Pass {
-  z: Float32Array;
+  xHat: Float32Array;
   shape: [number, number];
   gather: number[];
   target: number[];
@@ -344,6 +346,7 @@ export class Subcircuit {
   #featTok = new Int32Array(0);
   #featBit = new Uint32Array(0);
   #emptyPre: Float32Array | undefined;
+  #decoder: Float32Array | undefined;
 
   private constructor(o: SubcircuitOptions, dense: Float32Array) {
     const [P, T, fUp] = o.z0.shape;
@@ -473,7 +476,11 @@ export class Subcircuit {
    * @returns Row-major `[P · T, F_down]` (prompt-major, then position).
    */
   async features(): Promise<Float32Array> {
-    const passes = this.mode === "grouped" ? this.#groupedPasses() : await this.#tokenwisePasses();
+    const decoder = await this.#upDecoder();
+    if (this.mode === "tokenwise") await this.#connectNew();
+    const passes = this.mode === "grouped"
+      ? this.#groupedPasses(decoder)
+      : this.#tokenwisePasses(decoder);
     this.lastPositions = 0;
     // Keep one pass in flight while the previous one is read (overlaps device and host work).
     let pending: { pass: Pass; values: tf.Tensor } | undefined;
@@ -489,7 +496,7 @@ export class Subcircuit {
   }
 
   /** Grouped mode: the passes for the features whose active kept set changed. */
-  *#groupedPasses(): Generator<Pass> {
+  *#groupedPasses(decoder: Float32Array): Generator<Pass> {
     const groups = new Map<string, Group>();
     for (const j of this.#dirty) {
       const upstream = [...new Set(this.#upstreamOf[j]!.filter((i) => this.#active[i]))]
@@ -510,9 +517,10 @@ export class Subcircuit {
     const items = [...groups.values()].flatMap((g) =>
       Array.from({ length: P }, (_, p) => ({ g, p }))
     );
+    const dUp = this.#dims.dUp;
     for (let first = 0; first < items.length; first += per) {
       const chunk = items.slice(first, first + per);
-      const z = new Float32Array(chunk.length * T * fUp);
+      const xHat = new Float32Array(chunk.length * T * dUp);
       const gather: number[] = [], target: number[] = [];
       let mask = new Uint8Array(0), maskOf: Group | undefined;
       chunk.forEach(({ g, p }, c) => {
@@ -522,71 +530,115 @@ export class Subcircuit {
           maskOf = g;
         }
         for (let t = 0; t < T; t++) {
-          const row = p * T + t, out = (c * T + t) * fUp;
-          for (let q = this.#rowPtr[row]!; q < this.#rowPtr[row + 1]!; q++) {
-            if (mask[this.#cols[q]!]) z[out + this.#cols[q]!] = this.#vals[q]!;
-          }
+          const row = p * T + t;
+          this.#decodeRow(decoder, row, (q) => mask[this.#cols[q]!] === 1, xHat, (c * T + t) * dUp);
           for (const j of g.features) {
             gather.push((c * T + t) * fDown + j);
             target.push(row * fDown + j);
           }
         }
       });
-      yield { z, shape: [chunk.length, T], gather, target };
+      yield { xHat, shape: [chunk.length, T], gather, target };
     }
   }
 
-  /** Tokenwise mode: the passes for the (token, active kept set) pairs that changed. */
-  async #tokenwisePasses(): Promise<Pass[]> {
-    const { fUp, fDown } = this;
-    const N = this.prompts * this.positions;
-    this.lastGroups = 0;
-    if (this.#newlyConnected.length > 0) {
-      // A feature's first edge: every token starts at the empty intersection, the same value everywhere.
-      const empty = this.#emptyPre ??= await this.#emptyPreActivations();
-      for (const j of this.#newlyConnected) {
-        for (let t = 0; t < N; t++) this.#pre[t * fDown + j] = empty[j]!;
-      }
-      this.#newlyConnected = [];
+  /**
+   * x̂ of one token of z0 with only some of its nonzeros kept, written at `out`: up's b_dec plus
+   * value · W_dec row for each kept nonzero q (an index into the token's CSR entries).
+   */
+  #decodeRow(
+    decoder: Float32Array,
+    token: number,
+    keep: (q: number) => boolean,
+    into: Float32Array,
+    out: number,
+  ): void {
+    const dUp = this.#dims.dUp;
+    into.set(decoder.subarray(this.fUp * dUp), out);
+    for (let q = this.#rowPtr[token]!; q < this.#rowPtr[token + 1]!; q++) {
+      if (!keep(q)) continue;
+      const v = this.#vals[q]!, w = this.#cols[q]! * dUp;
+      for (let d = 0; d < dUp; d++) into[out + d]! += v * decoder[w + d]!;
     }
+  }
+
+  /** Tokenwise mode: features connected since the last call start at the empty intersection. */
+  async #connectNew(): Promise<void> {
+    const N = this.prompts * this.positions, fDown = this.fDown;
+    if (this.#newlyConnected.length === 0) return;
+    // A feature's first edge: every token starts at the empty intersection, the same value everywhere.
+    const empty = this.#emptyPre ??= await this.#emptyPreActivations();
+    for (const j of this.#newlyConnected) {
+      for (let t = 0; t < N; t++) this.#pre[t * fDown + j] = empty[j]!;
+    }
+    this.#newlyConnected = [];
+  }
+
+  /** Up's decoder on the host, `[F_up + 1, D_up]` with b_dec last; read once. */
+  async #upDecoder(): Promise<Float32Array> {
+    if (this.#decoder === undefined) {
+      const w = tf.tidy(() => {
+        const up = this.#o.up();
+        return tf.concat([up.wDec, up.bDec.reshape([1, -1])], 0);
+      });
+      this.#decoder = (await w.data()) as Float32Array;
+      w.dispose();
+    }
+    return this.#decoder;
+  }
+
+  /**
+   * Tokenwise mode: the passes for the (token, active kept set) pairs that changed, each decoded on
+   * the host when it is reached (x̂ = b_dec + the row's kept terms, in the CSR order of z0).
+   */
+  *#tokenwisePasses(decoder: Float32Array): Generator<Pass> {
+    const fDown = this.fDown;
+    const dUp = this.#dims.dUp;
+    this.lastGroups = 0;
     const rowsPerPass = this.#o.batchSequences * this.positions;
-    const rowOf = new Map<number, number>();
     const rowTok: number[] = [], rowBits: number[] = [];
     const passes: Pass[] = [];
-    for (const at of this.#changed) {
-      const t = Math.floor(at / fDown), j = at - t * fDown, bits = this.#bits[at]!;
-      const key = t * 2 ** 32 + bits;
-      let r = rowOf.get(key);
-      if (r === undefined) {
-        r = rowTok.length;
-        rowOf.set(key, r);
-        rowTok.push(t);
-        rowBits.push(bits);
-        if (r % rowsPerPass === 0) {
-          passes.push({ z: new Float32Array(0), shape: [0, 1], gather: [], target: [] });
+    // One row per distinct (t, bits): the changed entries bucketed by token (counting sort), then
+    // deduplicated per token by their bits (small integers, a fast Map key).
+    const changed = this.#changed, N = this.prompts * this.positions;
+    const start = new Int32Array(N + 1);
+    for (const at of changed) start[Math.floor(at / fDown) + 1]!++;
+    for (let t = 0; t < N; t++) start[t + 1]! += start[t]!;
+    const byToken = new Int32Array(changed.length), fill = start.slice(0, N);
+    for (const at of changed) byToken[fill[Math.floor(at / fDown)]!++] = at;
+    const rowOf = new Map<number, number>();
+    for (let t = 0; t < N; t++) {
+      rowOf.clear();
+      for (let e = start[t]!; e < start[t + 1]!; e++) {
+        const at = byToken[e]!, bits = this.#bits[at]!;
+        let r = rowOf.get(bits);
+        if (r === undefined) {
+          rowOf.set(bits, r = rowTok.length);
+          rowTok.push(t);
+          rowBits.push(bits);
+          if (r % rowsPerPass === 0) {
+            passes.push({ xHat: new Float32Array(0), shape: [0, 1], gather: [], target: [] });
+          }
         }
+        const pass = passes[Math.floor(r / rowsPerPass)]!;
+        pass.gather.push((r % rowsPerPass) * fDown + (at - t * fDown));
+        pass.target.push(at);
       }
-      const pass = passes[Math.floor(r / rowsPerPass)]!;
-      pass.gather.push((r % rowsPerPass) * fDown + j);
-      pass.target.push(at);
     }
     this.#changed = [];
     if (++this.#epoch === 256) {
       this.#stamp.fill(0);
       this.#epoch = 1;
     }
-    passes.forEach((pass, c) => {
+    for (const [c, pass] of passes.entries()) {
       const first = c * rowsPerPass, rows = Math.min(rowsPerPass, rowTok.length - first);
-      pass.z = new Float32Array(rows * fUp);
-      pass.shape = [rows, 1];
+      const xHat = new Float32Array(rows * dUp);
       for (let r = 0; r < rows; r++) {
-        const t = rowTok[first + r]!, bits = rowBits[first + r]!;
-        for (let q = this.#rowPtr[t]!, b = 0; q < this.#rowPtr[t + 1]!; q++, b++) {
-          if ((bits >>> b) & 1) pass.z[r * fUp + this.#cols[q]!] = this.#vals[q]!;
-        }
+        const t = rowTok[first + r]!, bits = rowBits[first + r]!, from = this.#rowPtr[t]!;
+        this.#decodeRow(decoder, t, (q) => ((bits >>> (q - from)) & 1) === 1, xHat, r * dUp);
       }
-    });
-    return passes;
+      yield { ...pass, xHat, shape: [rows, 1] };
+    }
   }
 
   /** The pre-activations of segment(up's b_dec) at one position: `[F_down]`. */
@@ -606,9 +658,8 @@ export class Subcircuit {
   #run(pass: Pass): tf.Tensor {
     const [B, T] = pass.shape;
     return tf.tidy(() => {
-      const up = this.#o.up(), down = this.#o.down();
-      const z = tf.tensor2d(pass.z, [B * T, this.fUp]);
-      const xHat = decode(up, z).reshape([B, T, this.#dims.dUp]) as tf.Tensor3D;
+      const down = this.#o.down();
+      const xHat = tf.tensor3d(pass.xHat, [B, T, this.#dims.dUp]);
       const y = this.#o.segment(xHat).reshape([B * T, this.#dims.dDown]) as tf.Tensor2D;
       const pre = preActivations(down, y).reshape([-1]);
       return tf.gather(pre, tf.tensor1d(pass.gather, "int32"));
