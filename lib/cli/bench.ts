@@ -25,6 +25,7 @@ import { timeInterleaved } from "../bench/interleave.ts";
 import { GPU_CONFIGS, gpuBench, type GpuConfig, runGpuConfig } from "../bench/gpu_bench.ts";
 import { servePeer } from "../bench/peer.ts";
 import { benchRow, formatRows } from "../bench/rows.ts";
+import { scalarStages } from "../bench/scalar_stages.ts";
 import { type Command, parseCommandArgs, UsageError } from "./args.ts";
 
 /** One timed row. */
@@ -46,6 +47,7 @@ const CONFIGS = {
   "engine-1thread": { cases: [], label: " (1 thread)" },
   model: { cases: [], label: "" },
   attribution: { cases: [], label: " (vs per-target loop)" },
+  scalar: { cases: [], label: " (vs its floor)" },
   "stock-cpu": { cases: [saeTopkStep], label: " (stock tfjs cpu)" },
   "stock-wasm": { cases: [saeTopkStep], label: " (stock tfjs wasm)" },
 } as const;
@@ -127,12 +129,41 @@ async function runModelConfig(reps: number): Promise<void> {
   }
 }
 
+/**
+ * SCALAR's stages on one toy mlp-block and one block pair at the paper's settings, each against
+ * its floor: FLOPs at the sgemm ceiling measured in the same process (ranking: a native sort).
+ * Prints JSON lines.
+ */
+async function runScalarConfig(reps: number): Promise<void> {
+  const selected = await selectBackend("auto");
+  console.error(describeBackend(selected));
+  const ceiling = sgemmCeiling();
+  const { medianMs } = await timeCase(ceiling, reps);
+  ceiling.dispose();
+  const { tokens, d, features } = SAE_CASE;
+  const flopsPerMs = (2 * tokens * d * features) / medianMs;
+  for (const position of ["mlp-block", "block"] as const) {
+    for (const stage of await scalarStages(position)) {
+      const row: Timing = {
+        name: stage.name,
+        config: "scalar",
+        ms: stage.ms,
+        baselineMs: stage.floorMs ?? stage.flops / flopsPerMs,
+        detail: `${stage.detail}; floor ${(stage.flops / 1e9).toFixed(1)} GFLOP at the sgemm ` +
+          `ceiling ${(flopsPerMs / 1e6).toFixed(0)} GFLOP/s; ${selected.detail}`,
+      };
+      console.log(JSON.stringify(row));
+    }
+  }
+}
+
 /** Runs one configuration in this process and prints its timings as JSON lines. */
 async function runConfig(config: Config, reps: number): Promise<void> {
   if (config === "engine" || config === "engine-1thread") {
     return await runEngineConfig(config, reps);
   }
   if (config === "model") return await runModelConfig(reps);
+  if (config === "scalar") return await runScalarConfig(reps);
   let backend: string;
   if (config === "attribution") {
     const selected = await selectBackend("auto");
@@ -228,7 +259,11 @@ steps; timed on 6 sequences, scaled to the pair), each interleaved with the peer
 threads as this machine has cores (for attribution the peer runs the authors' per-target loop,
 on a sample of targets); (c) stock tfjs cpu and wasm on the TopK step; and (d) SCALAR edge
 attribution of one toy mlp-block pair (24 × 24 sequences, 5 steps) batched against our own
-per-target loop (both sampled and scaled to the whole pair). Prints median step times and ratio = baseline_ms /
+per-target loop (both sampled and scaled to the whole pair); (e) SCALAR's three stages —
+attribution, ranking, ablation curve (50 prompts, 35 edge counts) — on one toy mlp-block and one
+block pair at the paper's settings, each against its floor (lib/bench/scalar_stages.ts: the
+FLOPs it cannot avoid at the sgemm ceiling of the same run; ranking: a native sort), in the peer
+column, so that ratio ≥ 0.33 is within 3× of it. Prints median step times and ratio = baseline_ms /
 ours_ms (above 1: we are faster).
 
 With --gpu, on the WebGPU adapter instead: (a) through the GPU engine (lib/sae/gpu/) and through

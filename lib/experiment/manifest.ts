@@ -439,11 +439,21 @@ export async function expandManifestText(file: string, text: string): Promise<Ma
       if (n === 0) report(excludeOrigins[i]!, "matches no combination, so it excludes nothing");
     });
     if (combinations.length === 0) report(matrixAt, "exclude leaves no combination to run");
+    // Runs are told apart by their final ids, which name the model and data by their sha256.
+    const resolved = combinations.map((combo) => resolveRun(combo, ctx));
+    const weights = await checkModels(combinations, ctx);
+    const data = await checkData(combinations, ctx);
     const seen = new Map<string, number>();
-    for (const [i, combo] of combinations.entries()) {
-      const run = resolveRun(combo, ctx);
-      const before = seen.get(run.id);
+    for (const [i, run] of resolved.entries()) {
+      run.config.modelSha256 = weights.get(modelKey(run.config));
+      run.config.dataSha256 = data.get(dataKey(run.config));
+      run.id = runId(run.config);
+      // A model or data that cannot be read (reported above) is told apart by its folder or path.
+      const known = run.config.modelSha256 !== undefined && run.config.dataSha256 !== undefined;
+      const key = known ? run.id : `${run.id} ${modelKey(run.config)} ${dataKey(run.config)}`;
+      const before = seen.get(key);
       if (before !== undefined) {
+        const combo = combinations[i]!;
         const [now, then] = [describe(combo), describe(combinations[before]!)];
         // Blame what made this combination: the keys set last, the seed (shared by many) last of all.
         const keys = [...combo.keys()].filter((k) => k !== SEED_PATH).reverse();
@@ -455,16 +465,9 @@ export async function expandManifestText(file: string, text: string): Promise<Ma
         );
         continue;
       }
-      seen.set(run.id, i);
+      seen.set(key, i);
       for (const path of Object.keys(run.varied)) variedPaths.add(path);
       runs.push(run);
-    }
-    const weights = await checkModels(combinations, ctx);
-    const data = await checkData(combinations, ctx);
-    for (const run of runs) {
-      run.config.modelSha256 = weights.get(modelKey(run.config));
-      run.config.dataSha256 = data.get(dataKey(run.config));
-      run.id = runId(run.config);
     }
   }
   src.throwIfProblems();

@@ -440,7 +440,7 @@ const MALFORMED: { what: string; text: string; expect: string[] }[] = [
     what: "missing best-validation weights of a reduced fine-tune",
     text: "name: t\nmodel:\n  checkpoint: /nonexistent/models/toy-model-dyt-2k-best\n",
     expect: [
-      'm.yaml:3:3: model.checkpoint: Cannot find trained model ' +
+      "m.yaml:3:3: model.checkpoint: Cannot find trained model " +
       '"/nonexistent/models/toy-model-dyt-2k-best": the folder does not exist; train it with ' +
       "`deno task train-model experiments/reduced/toy-model-dyt.yaml`",
     ],
@@ -554,6 +554,28 @@ Deno.test("runId() is the same for the same config, whatever the key order", asy
       "  sae.arch: [staircase]\n",
   );
   assert.equal(c.runs[0]!.id, a.runs[0]!.id);
+});
+
+Deno.test("a matrix over model folders tells runs apart by the weights, not by the path", async () => {
+  const other = Deno.makeTempDirSync({ prefix: "manifest_test_model_" });
+  const copy = Deno.makeTempDirSync({ prefix: "manifest_test_model_" });
+  try {
+    for (const dir of [other, copy]) {
+      Deno.copyFileSync(`${MODEL}/config.json`, `${dir}/config.json`);
+    }
+    Deno.writeTextFileSync(`${other}/model.safetensors`, "other weights");
+    Deno.writeTextFileSync(`${copy}/model.safetensors`, "");
+    const two = await expand(`matrix:\n  model.checkpoint: [${MODEL}, ${other}]\n`);
+    assert.equal(new Set(two.runs.map((r) => r.id)).size, 2);
+    assert.deepEqual(await problems(`${HEAD}matrix:\n  model.checkpoint: [${MODEL}, ${copy}]\n`), [
+      `m.yaml:4:${`  model.checkpoint: [${MODEL}, `.length + 1}: matrix.model.checkpoint[1]: ` +
+      `combination {model.checkpoint: "${copy}"} is the same run as ` +
+      `{model.checkpoint: "${MODEL}"} (the same resolved config)`,
+    ]);
+  } finally {
+    Deno.removeSync(other, { recursive: true });
+    Deno.removeSync(copy, { recursive: true });
+  }
 });
 
 Deno.test("runId() changes with every setting, the seed, the weights and the data, not with paths", () => {
