@@ -287,6 +287,13 @@ interface Pass {
   target: number[];
 }
 
+/** The downstream SAE's encoder on the host (see `Subcircuit.#downEncoder`). */
+interface Encoder {
+  wT: Float32Array;
+  bEnc: Float32Array;
+  bDec: Float32Array;
+}
+
 /** Most nonzero upstream features per token for per-token sharing (one bit each in a Uint32). */
 const MAX_TOKENWISE_ACTIVE = 32;
 
@@ -347,6 +354,7 @@ export class Subcircuit {
   #featBit = new Uint32Array(0);
   #emptyPre: Float32Array | undefined;
   #decoder: Float32Array | undefined;
+  #encoder: Encoder | undefined;
 
   private constructor(o: SubcircuitOptions, dense: Float32Array) {
     const [P, T, fUp] = o.z0.shape;
@@ -477,6 +485,7 @@ export class Subcircuit {
    */
   async features(): Promise<Float32Array> {
     const decoder = await this.#upDecoder();
+    const encoder = await this.#downEncoder();
     if (this.mode === "tokenwise") await this.#connectNew();
     const passes = this.mode === "grouped"
       ? this.#groupedPasses(decoder)
@@ -487,10 +496,10 @@ export class Subcircuit {
     for (const pass of passes) {
       this.lastPositions += pass.shape[0] * pass.shape[1];
       const next = { pass, values: this.#run(pass) };
-      if (pending) await this.#store(pending.pass, pending.values);
+      if (pending) await this.#store(pending.pass, pending.values, encoder);
       pending = next;
     }
-    if (pending) await this.#store(pending.pass, pending.values);
+    if (pending) await this.#store(pending.pass, pending.values, encoder);
     this.lastConnected = this.#connected.reduce((s, c) => s + c, 0);
     return topkNoRelu(this.#pre, this.prompts * this.positions, this.fDown, this.#o.k);
   }
@@ -574,6 +583,25 @@ export class Subcircuit {
     this.#newlyConnected = [];
   }
 
+  /**
+   * Down's encoder on the host, read once: W_encᵀ `[F_down, D_down]` (one row per feature), b_enc
+   * and b_dec. A pass needs only a few pre-activations per position (its rows' changed features),
+   * so they are dot products here rather than a dense `[R, D] × [D, F_down]` product on the device,
+   * which cost as much as the segment itself.
+   */
+  async #downEncoder(): Promise<Encoder> {
+    if (this.#encoder === undefined) {
+      const parts = tf.tidy(() => {
+        const down = this.#o.down();
+        return [down.wEnc.transpose(), down.bEnc.clone(), down.bDec.clone()];
+      });
+      const [wT, bEnc, bDec] = await Promise.all(parts.map((t) => t.data())) as Float32Array[];
+      tf.dispose(parts);
+      this.#encoder = { wT: wT!, bEnc: bEnc!, bDec: bDec! };
+    }
+    return this.#encoder;
+  }
+
   /** Up's decoder on the host, `[F_up + 1, D_up]` with b_dec last; read once. */
   async #upDecoder(): Promise<Float32Array> {
     if (this.#decoder === undefined) {
@@ -654,23 +682,29 @@ export class Subcircuit {
     return data;
   }
 
-  /** Starts one pass: the needed pre-activations, `[gather.length]`. */
+  /** Starts one pass: the segment's output, `[R, D_down]`. */
   #run(pass: Pass): tf.Tensor {
     const [B, T] = pass.shape;
     return tf.tidy(() => {
-      const down = this.#o.down();
       const xHat = tf.tensor3d(pass.xHat, [B, T, this.#dims.dUp]);
-      const y = this.#o.segment(xHat).reshape([B * T, this.#dims.dDown]) as tf.Tensor2D;
-      const pre = preActivations(down, y).reshape([-1]);
-      return tf.gather(pre, tf.tensor1d(pass.gather, "int32"));
+      return this.#o.segment(xHat).reshape([B * T, this.#dims.dDown]);
     });
   }
 
-  /** Reads one pass into the assembled pre-activations. */
-  async #store(pass: Pass, values: tf.Tensor): Promise<void> {
-    const data = (await values.data()) as Float32Array;
+  /** Reads one pass's output and puts its needed pre-activations, (y − b_dec)·W_enc[:, j] + b_enc[j]. */
+  async #store(pass: Pass, values: tf.Tensor, encoder: Encoder): Promise<void> {
+    const y = (await values.data()) as Float32Array;
     values.dispose();
-    for (let e = 0; e < pass.target.length; e++) this.#pre[pass.target[e]!] = data[e]!;
+    const { dDown: D } = this.#dims, fDown = this.fDown, { wT, bEnc, bDec } = encoder;
+    for (let r = 0; r < y.length / D; r++) {
+      for (let d = 0; d < D; d++) y[r * D + d]! -= bDec[d]!;
+    }
+    for (let e = 0; e < pass.target.length; e++) {
+      const g = pass.gather[e]!, j = g % fDown, row = (g - j) / fDown * D, w = j * D;
+      let acc = 0;
+      for (let d = 0; d < D; d++) acc += y[row + d]! * wT[w + d]!;
+      this.#pre[pass.target[e]!] = acc + bEnc[j]!;
+    }
   }
 }
 
