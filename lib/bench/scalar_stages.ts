@@ -56,8 +56,12 @@ export interface StageTiming {
  * @returns FLOPs per token.
  */
 function restFlops(c: GPTConfig, blocks: number): number {
-  const block = 2 * c.dModel * (4 * c.dModel + 2 * c.dMlp) + 2 * c.nCtx * c.dModel;
-  return blocks * block + 2 * c.dModel * c.vocabSize;
+  return blocks * blockFlops(c) + 2 * c.dModel * c.vocabSize;
+}
+
+/** FLOPs per token of one block: its weights, and attention over T/2 keys on average (causal). */
+function blockFlops(c: GPTConfig): number {
+  return 2 * c.dModel * (4 * c.dModel + 2 * c.dMlp) + 2 * c.nCtx * c.dModel;
 }
 
 /**
@@ -143,9 +147,7 @@ export async function scalarStages(
       log: (line) => positions += Number(POSITIONS.exec(line)?.[1] ?? 0),
     });
     const curveMs = performance.now() - t0;
-    const segment = position === "mlp-block"
-      ? 4 * c.dModel * c.dMlp
-      : 2 * c.dModel * (4 * c.dModel + 2 * c.dMlp) + 2 * c.nCtx * c.dModel;
+    const segment = position === "mlp-block" ? 4 * c.dModel * c.dMlp : blockFlops(c);
     // Both positions' downstream hook is block `layer`'s output: the blocks after it remain.
     const later = c.nLayer - 1 - pair.layer;
     const curveFlops = positions * segment +

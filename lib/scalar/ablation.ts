@@ -625,7 +625,7 @@ export class Subcircuit {
     this.lastGroups = 0;
     const rowsPerPass = this.#o.batchSequences * this.positions;
     const rowTok: number[] = [], rowBits: number[] = [];
-    const passes: Pass[] = [];
+    const passes: Pick<Pass, "gather" | "target">[] = [];
     // One row per distinct (t, bits): the changed entries bucketed by token (counting sort), then
     // deduplicated per token by their bits (small integers, a fast Map key).
     const changed = this.#changed, N = this.prompts * this.positions;
@@ -644,9 +644,7 @@ export class Subcircuit {
           rowOf.set(bits, r = rowTok.length);
           rowTok.push(t);
           rowBits.push(bits);
-          if (r % rowsPerPass === 0) {
-            passes.push({ xHat: new Float32Array(0), shape: [0, 1], gather: [], target: [] });
-          }
+          if (r % rowsPerPass === 0) passes.push({ gather: [], target: [] });
         }
         const pass = passes[Math.floor(r / rowsPerPass)]!;
         pass.gather.push((r % rowsPerPass) * fDown + (at - t * fDown));
