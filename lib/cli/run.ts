@@ -137,10 +137,10 @@ async function loadGrid(args: string[]) {
  * whose largest run cannot fit in the memory available, unless the user said `--yes`.
  */
 async function checkCost(configs: SaeRunConfig[], backend: string, yes: boolean): Promise<void> {
-  const { estimates, d } = await estimateRuns(configs, (line) => console.error(line));
+  const { estimates, d, stepper } = await estimateRuns(configs, (line) => console.error(line));
   // WebGPU does not tell how much memory its device has; the CPU backends use the host's.
   const available = backend === "webgpu" ? undefined : Deno.systemMemoryInfo().available;
-  for (const line of formatEstimate(estimates, await measureThroughput(d), available)) {
+  for (const line of formatEstimate(estimates, await measureThroughput(d, stepper), available)) {
     console.error(line);
   }
   const peak = Math.max(...estimates.map((e) => e.peakBytes));

@@ -12,10 +12,12 @@ import { type GPTConfig, parameterShapes } from "../model/gpt.ts";
 import { gptConfigFromHf } from "../model/gpt2.ts";
 import { formatDuration } from "../util/progress.ts";
 import { DEFAULT_MEMORY_BUDGET_BYTES } from "../sae/activation_cache.ts";
-import { saeShapes } from "../sae/architectures.ts";
+import { buildSaes, saeShapes } from "../sae/architectures.ts";
 import { layoutPosition } from "../sae/positions.ts";
 import type { StepperKind } from "../sae/stepper.ts";
 import { stepperFor } from "../sae/steppers/choose.ts";
+import { CpuSaeEngine } from "../sae/cpu_engine.ts";
+import { createRng, normalArray } from "../util/rng.ts";
 import { type SaeRunConfig, sequencesPerPass } from "./sae_run.ts";
 
 /** One line of an estimate. */
@@ -26,6 +28,24 @@ export interface EstimatePart {
   amount: number;
 }
 
+/** One stage of a run's arithmetic, and which of the measured throughputs does it. */
+export interface WorkPart extends EstimatePart {
+  /** The SAE stepper's steps, or the model's own passes (evaluation, SCALAR). */
+  on: keyof Throughput;
+}
+
+/**
+ * Floating-point operations per second of the two engines a run's arithmetic goes through: on the
+ * CPU the SAE steps run in the native engine (OpenBLAS + C kernels), several times the rate of
+ * tfjs's matrix products that the model's passes use, so one figure would misjudge one of them.
+ */
+export interface Throughput {
+  /** The SAE stepper's rate, in the operations that {@link stepFlops} counts. */
+  saeSteps: number;
+  /** tfjs's matrix-product rate on an SAE-encoder-like product. */
+  model: number;
+}
+
 /** The cost of one run. */
 export interface RunEstimate {
   /** Memory held at the run's peak, by part. */
@@ -33,7 +53,7 @@ export interface RunEstimate {
   /** Total of `memory`. */
   peakBytes: number;
   /** Arithmetic by stage. */
-  work: EstimatePart[];
+  work: WorkPart[];
   /** Total of `work`. */
   flops: number;
 }
@@ -121,7 +141,7 @@ export function stepFlops(config: SaeRunConfig, shape: GPTConfig, stepper: Stepp
   const tokens = config.train.batch * nCtx, k = config.sae.k;
   const featureSum = [...width.values()].reduce((a, b) => a + b, 0);
   if (stepper !== "cpu") return tokens * 6 * d * featureSum;
-  const saes = tokens * (2 * d * featureSum + width.size * 8 * d * k);
+  const saes = tokens * engineTokenFlops(d, featureSum, width.size, k);
   if (config.sae.arch !== "jsae") return saes;
   const pairs = layoutPosition(config.position, nLayer, config.layers).pairs;
   return saes + pairs.reduce(
@@ -131,6 +151,11 @@ export function stepFlops(config: SaeRunConfig, shape: GPTConfig, stepper: Stepp
     0,
   );
 }
+
+// Per token, the CPU engine's work over SAEs of `featureSum` features in all: the dense encoder
+// product, then decode, ∂L/∂pre, ∂W_dec and ∂W_enc over the k kept features only (2 · d each).
+const engineTokenFlops = (d: number, featureSum: number, saes: number, k: number) =>
+  2 * d * featureSum + saes * 8 * d * k;
 
 /**
  * Estimates one run's peak memory and arithmetic.
@@ -188,20 +213,23 @@ export function estimateRun(
   const lastLayer = Math.max(...layout.pairs.map((p) => p.layer)) + 1;
   const evalTokens = (config.evalSequences || Math.floor(corpus.val / nCtx) - 1) * nCtx;
   const forward = nLayer * blockFlops + headFlops;
-  const work: EstimatePart[] = [
+  const work: WorkPart[] = [
     {
       // Streamed activations add the model's forward up to the last hook at every step.
       label: "training",
+      on: "saeSteps",
       amount: t.steps *
         (stepFlops(config, shape, stepper) + (cached ? 0 : stepTokens * lastLayer * blockFlops)),
     },
     {
       // The clean model, each SAE spliced in alone, then all together.
       label: "evaluation",
+      on: "model",
       amount: evalTokens * (layout.hooks.length + 2) * forward,
     },
     {
       label: "SCALAR",
+      on: "model",
       amount: config.scalar.enabled
         ? layout.pairs.length * (
           // Attribution: a backward through the segment per kept downstream feature and step.
@@ -218,13 +246,22 @@ export function estimateRun(
 }
 
 /**
- * Measures the backend's matrix-product throughput on an SAE-encoder-like product, the bulk of
- * a run's arithmetic.
+ * Measures the throughputs a run will see: tfjs's matrix products for the model's passes, and the
+ * SAE stepper's own steps — on the CPU engine, a few timed steps of a TopK SAE (512 features,
+ * k 10, 8,192 tokens) at the model's width, rated in {@link stepFlops}'s operations, so that the
+ * engine's selection, sparse backward and AdamW count as they do in a run.
  *
  * @param d The activation width.
- * @returns Floating-point operations per second.
+ * @param stepper The stepper that will train the SAEs.
+ * @returns Floating-point operations per second, by engine.
  */
-export async function measureThroughput(d: number): Promise<number> {
+export async function measureThroughput(d: number, stepper: StepperKind): Promise<Throughput> {
+  const model = await measureMatMul(d);
+  return { model, saeSteps: stepper === "cpu" ? await measureCpuEngine(d) : model };
+}
+
+/** tfjs's rate on a [2,048, d] · [d, 2,048] product, after one warm-up product. */
+async function measureMatMul(d: number): Promise<number> {
   const [m, n] = [2048, 2048];
   const a = tf.randomNormal([m, d]), b = tf.randomNormal([d, n]);
   try {
@@ -240,6 +277,32 @@ export async function measureThroughput(d: number): Promise<number> {
     return (reps * 2 * m * n * d) / ((performance.now() - t0) / 1000);
   } finally {
     tf.dispose([a, b]);
+  }
+}
+
+/** The CPU engine's rate on a TopK SAE's steps, after one warm-up step. */
+async function measureCpuEngine(d: number): Promise<number> {
+  const sae = { arch: "topk", features: 512, k: 10, jsaeLambda: 0 } as const;
+  const rows = 8192;
+  const saes = buildSaes(sae, layoutPosition("mlp", 1, [0]), d, 0);
+  const engine = await CpuSaeEngine.create({
+    saes,
+    sae,
+    rows,
+    adam: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+    gradClip: 1,
+  });
+  try {
+    const batch = new Map(saes.hooks.map((h) => [h, normalArray(createRng(0), rows * d, 1)]));
+    await engine.step(batch, 1e-3, false);
+    const reps = 4, t0 = performance.now();
+    for (let i = 0; i < reps; i++) await engine.step(batch, 1e-3, i === reps - 1);
+    const n = saes.hooks.length;
+    const flops = reps * rows * engineTokenFlops(d, sae.features * n, n, sae.k);
+    return flops / ((performance.now() - t0) / 1000);
+  } finally {
+    engine.dispose();
+    saes.dispose();
   }
 }
 
@@ -261,12 +324,12 @@ async function modelShape(
  *
  * @param configs The runs.
  * @param log Progress lines of a large corpus.
- * @returns Each run's estimate and the activation width of the first.
+ * @returns Each run's estimate, the activation width of the first, and the stepper.
  */
 export async function estimateRuns(
   configs: readonly SaeRunConfig[],
   log?: (line: string) => void,
-): Promise<{ estimates: RunEstimate[]; d: number }> {
+): Promise<{ estimates: RunEstimate[]; d: number; stepper: StepperKind }> {
   const seen = new Map<string, Promise<{ shape: GPTConfig; corpus: CorpusSize }>>();
   const inputs = (c: SaeRunConfig) => {
     const key = JSON.stringify([c.modelKind, c.modelDir, c.corpus, c.dataPath, c.textField]);
@@ -294,7 +357,7 @@ export async function estimateRuns(
     d ||= shape.dModel;
     estimates.push(estimateRun(c, shape, corpus, kind));
   }
-  return { estimates, d };
+  return { estimates, d, stepper: kind };
 }
 
 const gigabytes = (bytes: number) => `${(bytes / 1e9).toFixed(bytes < 1e9 ? 2 : 1)} GB`;
@@ -303,22 +366,24 @@ const gigabytes = (bytes: number) => `${(bytes / 1e9).toFixed(bytes < 1e9 ? 2 : 
  * Says what a grid will cost, one line per figure.
  *
  * @param estimates Each pending run's estimate.
- * @param flopsPerSecond The backend's measured throughput.
+ * @param rates The measured throughputs.
  * @param availableBytes Memory free for the run, when the backend's memory can be known.
  * @returns The lines.
  */
 export function formatEstimate(
   estimates: readonly RunEstimate[],
-  flopsPerSecond: number,
+  rates: Throughput,
   availableBytes: number | undefined,
 ): string[] {
   const largest = estimates.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
-  const seconds = (e: RunEstimate) => e.flops / flopsPerSecond;
+  const partSeconds = (p: WorkPart) => p.amount / rates[p.on];
+  const seconds = (e: RunEstimate) => e.work.reduce((n, p) => n + partSeconds(p), 0);
   const total = estimates.reduce((n, e) => n + seconds(e), 0);
   const slowest = estimates.reduce((a, b) => (seconds(b) > seconds(a) ? b : a));
+  const gflops = (rate: number) => `${(rate / 1e9).toFixed(1)} GFLOP/s`;
   return [
-    `estimate (rough, a factor of 2–3 either way; ${(flopsPerSecond / 1e9).toFixed(1)} GFLOP/s ` +
-    `measured on this backend):`,
+    `estimate (rough, a factor of 2–3 either way; measured here: SAE steps ` +
+    `${gflops(rates.saeSteps)}, the model's passes ${gflops(rates.model)}):`,
     `  memory at the peak of the largest run: ${gigabytes(largest.peakBytes)}` +
     (availableBytes === undefined
       ? " (this backend's free memory is unknown)"
@@ -328,7 +393,7 @@ export function formatEstimate(
       estimates.length === 1 ? "" : "s"
     }; the longest ` +
     `${formatDuration(seconds(slowest))} (${
-      slowest.work.map((p) => `${p.label} ${formatDuration(p.amount / flopsPerSecond)}`).join(", ")
+      slowest.work.map((p) => `${p.label} ${formatDuration(partSeconds(p))}`).join(", ")
     })`,
   ];
 }

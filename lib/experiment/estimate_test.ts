@@ -6,6 +6,7 @@ import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
 import {
   estimateRun,
   formatEstimate,
+  measureThroughput,
   saeParameterCount,
   saeWidths,
   stepFlops,
@@ -124,7 +125,33 @@ Deno.test("estimateRun() streams GPT-2 activations and micro-batches shrink the 
     0,
   );
   assert.equal(whole.memory[0]!.amount, 4 * params);
-  const lines = formatEstimate([micro], 1e12, 1e9);
+  const lines = formatEstimate([micro], { saeSteps: 1e12, model: 1e12 }, 1e9);
   assert.match(lines[1]!, /memory at the peak of the largest run: [\d.]+ GB of 1\.0 GB available/);
   assert.match(lines[2]!, /^ {2}time: \d+h\d\dm for 1 run/);
+});
+
+Deno.test("formatEstimate() times SAE steps and the model's passes each at its own rate", () => {
+  // The block grid's Staircase run on the CPU engine trains at ~90 GFLOP/s where tfjs's products
+  // reach ~11: rating its 124 TFLOP of SAE steps at the model's rate said 3 h for a 22-min stage.
+  const e = estimateRun(run("block", "staircase"), SHAKESPEARE_64X4, {
+    train: 1_003_776,
+    val: 111_618,
+  }, "cpu");
+  const [training, evaluation, scalar] = e.work.map((p) => p.amount);
+  const rates = { saeSteps: training! / 1200, model: (evaluation! + scalar!) / 300 };
+  const lines = formatEstimate([e], rates, undefined);
+  assert.match(lines[0]!, /SAE steps [\d.]+ GFLOP\/s, the model's passes [\d.]+ GFLOP\/s/);
+  // 1,200 s of steps and 300 s of the rest: 25 minutes, not either rate's figure for the whole.
+  assert.match(lines[2]!, /^ {2}time: 25m00s for 1 run; the longest 25m00s \(training 20m00s, /);
+});
+
+Deno.test("measureThroughput() rates the CPU engine's steps apart from tfjs's products", async () => {
+  const cpu = await measureThroughput(64, "cpu");
+  const tfjs = await measureThroughput(64, "tfjs");
+  for (const rate of [cpu.saeSteps, cpu.model, tfjs.saeSteps, tfjs.model]) {
+    assert.ok(Number.isFinite(rate) && rate > 0, `rate ${rate}`);
+  }
+  // Without the engine the SAE steps are tfjs's own products: one measurement serves both.
+  assert.equal(tfjs.saeSteps, tfjs.model);
+  assert.notEqual(cpu.saeSteps, cpu.model);
 });
