@@ -5,6 +5,7 @@
  */
 import { backendChoiceFrom, selectBackend } from "../backend/select.ts";
 import { expandManifest } from "../experiment/manifest.ts";
+import { matrixValueText } from "../experiment/matrix.ts";
 import { openStore } from "../store/db.ts";
 import { query, QUERY_FORMATS, type QueryFormat } from "../store/query.ts";
 import { writePlots } from "../store/charts.ts";
@@ -73,7 +74,7 @@ Options:
         const params = Object.fromEntries(
           Object.entries(r.varied)
             .filter(([k]) => k !== "position" && k !== "sae.arch")
-            .map(([k, v]) => [k, String(v)]),
+            .map(([k, v]) => [k, matrixValueText(v)]),
         );
         const key = cellKey({ position: r.config.position, arch: r.config.sae.arch, params });
         counts.set(key, (counts.get(key) ?? 0) + 1);

@@ -14,6 +14,7 @@ import {
 } from "../experiment/manifest.ts";
 import { estimateRuns, formatEstimate, measureThroughput } from "../experiment/estimate.ts";
 import { prepareRuns } from "../experiment/prepare.ts";
+import { matrixValueText } from "../experiment/matrix.ts";
 import { type SaeRunConfig } from "../experiment/sae_run.ts";
 import { removeAbandonedFills } from "../sae/activation_cache.ts";
 import { currentOwner, ownerAlive } from "../store/claims.ts";
@@ -73,7 +74,13 @@ function watchParent(interrupt: () => void): () => void {
   return () => clearInterval(timer);
 }
 
-/** Applies `--only key=value` filters to the grid. */
+/** A run's varied value at `path` as `run_params` spells it (`model.layers=[0,1]`), or "". */
+function variedText(r: ExpandedRun, path: string): string {
+  const value = r.varied[path];
+  return value === undefined ? "" : matrixValueText(value);
+}
+
+/** Applies `--only key=value` filters to the grid (spaces in a list value are ignored). */
 function filterRuns(runs: ExpandedRun[], only: string[]): ExpandedRun[] {
   const filters = only.map((f) => {
     const eq = f.indexOf("=");
@@ -82,7 +89,7 @@ function filterRuns(runs: ExpandedRun[], only: string[]): ExpandedRun[] {
   });
   return runs.filter((r) =>
     filters.every(([key, value]) =>
-      String(key === "seed" ? r.seed : (r.varied as Record<string, unknown>)[key]) === value
+      (key === "seed" ? String(r.seed) : variedText(r, key)) === value.replaceAll(" ", "")
     )
   );
 }
@@ -99,7 +106,7 @@ function selectRuns(runs: ExpandedRun[], ids: string[] | undefined, file: string
 }
 
 function describeRun(r: ExpandedRun): string {
-  const parts = Object.entries(r.varied).map(([k, v]) => `${k}=${v}`);
+  const parts = Object.keys(r.varied).map((k) => `${k}=${variedText(r, k)}`);
   return [...parts, `seed=${r.seed}`].join(" ");
 }
 

@@ -26,12 +26,13 @@ import { ArchitectureError, ARCHITECTURES, checkArchitecture } from "../sae/arch
 import type { Architecture } from "../sae/architectures.ts";
 import { layersProblem, type Position, POSITIONS } from "../sae/positions.ts";
 import { SAE_TRAIN_DEFAULTS } from "../sae/train.ts";
-import { checkFields, type NumberRule, type Rules, type ScalarRule } from "./fields.ts";
+import { checkFields, type NumberRule, type Rules } from "./fields.ts";
 import { ManifestSource, readManifestText } from "./manifest_source.ts";
 import {
   type Combination,
   expandMatrix,
   type MatrixOrigin,
+  type MatrixRule,
   type MatrixValue,
   readMatrix,
 } from "./matrix.ts";
@@ -316,15 +317,15 @@ export const MATRIX_FIXED: Readonly<Record<string, string>> = Object.freeze({
 });
 
 /** Every field a matrix may vary: dotted path → rule, in the order of {@link MANIFEST_RULES}. */
-export const MATRIX_FIELDS: ReadonlyMap<string, ScalarRule> = (() => {
-  const out = new Map<string, ScalarRule>();
+export const MATRIX_FIELDS: ReadonlyMap<string, MatrixRule> = (() => {
+  const out = new Map<string, MatrixRule>();
   const walk = (rules: Rules, prefix: string) => {
     for (const [key, rule] of Object.entries(rules)) {
       const path = prefix + key;
       if (rule.type === "object") walk(rule.fields, `${path}.`);
       else if (
-        (rule.type === "number" || rule.type === "string" || rule.type === "boolean") &&
-        !(path in MATRIX_FIXED)
+        (rule.type === "number" || rule.type === "string" || rule.type === "boolean" ||
+          rule.type === "list") && !(path in MATRIX_FIXED)
       ) out.set(path, rule);
     }
   };
@@ -714,8 +715,9 @@ async function checkModels(
         );
       }
     }
-    const layers = getPath(fields, "model.layers") as number[];
-    if (shape && layers.length > 0 && !flawed.has("model.layers")) {
+    const layers = value("model.layers") as readonly number[];
+    const layersFlawed = !combo.has("model.layers") && flawed.has("model.layers");
+    if (shape && layers.length > 0 && !layersFlawed) {
       const why = layersProblem(value("position") as Position, shape.nLayer, layers);
       if (why) report(blame(combo, ["model.layers"], where), `${why}`);
     }

@@ -191,6 +191,26 @@ Deno.test("expandManifestText() applies exclude, then include entries that exten
   assert.equal(e.runs[0]!.config.train.lr, 0.001);
 });
 
+Deno.test("expandManifestText() varies a list field by whole lists, on an axis or in include", async () => {
+  const e = await expand(
+    [
+      "position: mlp",
+      "matrix:",
+      "  model.layers: [[0], [1, 2]]",
+      "  exclude:",
+      "    - { model.layers: [0] }",
+      "  include:",
+      "    - { model.layers: [1, 2], sae.k: 8 }", // extends the axis value it names, item by item
+      "    - { sae.arch: jsae, model.layers: [3] }",
+    ].join("\n"),
+  );
+  assert.deepEqual(grid(e), [
+    [0, { "model.layers": [1, 2], "sae.k": 8 }],
+    [0, { "sae.arch": "jsae", "model.layers": [3] }],
+  ]);
+  assert.deepEqual(e.runs.map((r) => r.config.layers), [[1, 2], [3]]);
+});
+
 Deno.test("expandManifestText() advances zipped lists together as one axis", async () => {
   const e = await expand(
     [
@@ -366,6 +386,27 @@ const MALFORMED: { what: string; text: string; expect: string[] }[] = [
     text: `${HEAD}seeds: [0, 1]\nmatrix:\n  sae.arch: [topk, jsae]\n  exclude:\n` +
       `    - { sae.arch: jsae, seed: 4 }\n`,
     expect: ["m.yaml:7:7: matrix.exclude[0]: matches no combination, so it excludes nothing"],
+  },
+  {
+    what: "a list field varied by its items instead of by lists",
+    text: `${HEAD}matrix:\n  model.layers: [0, [1]]\n`,
+    expect: [
+      'm.yaml:4:18: matrix.model.layers[0]: "model.layers" takes a list, so each value is one: ' +
+      "e.g. [[0], [1, 2]], got number 0",
+    ],
+  },
+  {
+    what: "a list value repeated in a matrix list",
+    text: `${HEAD}matrix:\n  model.layers: [[1, 2], [1, 2]]\n`,
+    expect: ["m.yaml:4:26: matrix.model.layers[1]: [1,2] is already in the list"],
+  },
+  {
+    what: "a layer list in include that the model lacks",
+    text: `${HEAD}matrix:\n  include:\n    - { sae.k: 4, model.layers: [4] }\n`,
+    expect: [
+      "m.yaml:5:19: matrix.include[0].model.layers: layer 4 is not in the model (its layers are " +
+      "0 … 3)",
+    ],
   },
   {
     what: "backend in the matrix",

@@ -17,11 +17,49 @@
  *
  * @module
  */
-import { checkValue, type ScalarRule } from "./fields.ts";
+import { checkValue, type ListRule, type ScalarRule } from "./fields.ts";
 import { didYouMean } from "./manifest_source.ts";
 
-/** A value a matrix can give a field. */
-export type MatrixValue = string | number | boolean;
+/** A value a matrix can give a field: a scalar, or a whole list (`model.layers: [0]`). */
+export type MatrixValue = string | number | boolean | readonly (string | number)[];
+
+/** The rule of a field a matrix may vary. */
+export type MatrixRule = ScalarRule | ListRule;
+
+/**
+ * Whether two matrix values are the same: lists item by item.
+ *
+ * @param a One value.
+ * @param b The other.
+ * @returns Whether they are equal.
+ *
+ * @example
+ * ```ts
+ * import { sameMatrixValue } from "./matrix.ts";
+ * if (!sameMatrixValue([0, 1], [0, 1]) || sameMatrixValue([0], 0)) throw new Error();
+ * ```
+ */
+export function sameMatrixValue(a: MatrixValue | undefined, b: MatrixValue | undefined): boolean {
+  if (!Array.isArray(a) || !Array.isArray(b)) return a === b;
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/**
+ * A matrix value as text, the one spelling of `run_params`, `--only` and progress lines: strings
+ * as they are, anything else as JSON (`0.0018`, `true`, `[0,1]`).
+ *
+ * @param value The value.
+ * @returns Its text.
+ *
+ * @example
+ * ```ts
+ * import { matrixValueText } from "./matrix.ts";
+ * if (matrixValueText([0, 1]) !== "[0,1]" || matrixValueText("topk") !== "topk") throw new Error();
+ * ```
+ */
+export function matrixValueText(value: MatrixValue): string {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
 
 /** One field's value in a combination, with where it came from (for messages). */
 export interface Cell<O> {
@@ -100,7 +138,7 @@ export function expandMatrix<O>(spec: MatrixSpec<O>): MatrixExpansion<O> {
   product = product.filter((c) => {
     let keep = true;
     spec.exclude.forEach((e, i) => {
-      if ([...e].every(([k, v]) => c.get(k)?.value === v)) {
+      if ([...e].every(([k, v]) => sameMatrixValue(c.get(k)?.value, v))) {
         [keep, excluded[i]] = [false, excluded[i]! + 1];
       }
     });
@@ -114,7 +152,7 @@ export function expandMatrix<O>(spec: MatrixSpec<O>): MatrixExpansion<O> {
     let extended = false;
     for (const c of product) {
       const agrees = [...entry].every(([k, cell]) =>
-        !axisPaths.has(k) || c.get(k)?.value === cell.value
+        !axisPaths.has(k) || sameMatrixValue(c.get(k)?.value, cell.value)
       );
       if (!agrees) continue;
       extended = true;
@@ -142,7 +180,7 @@ export interface MatrixOrigin {
 /** Options of {@link readMatrix}. */
 export interface ReadMatrixOptions {
   /** The fields a matrix may vary: dotted path → rule. */
-  fields: ReadonlyMap<string, ScalarRule>;
+  fields: ReadonlyMap<string, MatrixRule>;
   /** Fields that exist but cannot be varied, with the reason. */
   fixed: Readonly<Record<string, string>>;
   /** The path of the repeated axis (`seed`). */
@@ -224,7 +262,7 @@ export function readMatrix(raw: unknown, o: ReadMatrixOptions): ReadMatrixResult
   }
 
   /** The rule of a path, or undefined after reporting why it cannot be varied. */
-  const ruleOf = (path: string, at: MatrixOrigin): ScalarRule | undefined => {
+  const ruleOf = (path: string, at: MatrixOrigin): MatrixRule | undefined => {
     const rule = o.fields.get(path);
     if (rule) return rule;
     if (path in o.fixed) {
@@ -245,7 +283,7 @@ export function readMatrix(raw: unknown, o: ReadMatrixOptions): ReadMatrixResult
   /** The checked values of a list (problems reported, bad and repeated values left out). */
   const listValues = (
     path: string,
-    rule: ScalarRule,
+    rule: MatrixRule,
     list: unknown,
     at: MatrixOrigin,
   ): Cell<MatrixOrigin>[] | undefined => {
@@ -260,9 +298,11 @@ export function readMatrix(raw: unknown, o: ReadMatrixOptions): ReadMatrixResult
     const cells: Cell<MatrixOrigin>[] = [];
     list.forEach((value, i) => {
       const origin = { segments: [...at.segments, i], field: `${at.field}[${i}]` };
-      const problem = checkValue(rule, value);
+      const problem = rule.type === "list" && !Array.isArray(value)
+        ? `"${path}" takes a list, so each value is one: e.g. [[0], [1, 2]], got ${describe(value)}`
+        : checkValue(rule, value);
       if (problem) o.report(origin, problem);
-      else if (list.indexOf(value) < i) {
+      else if (list.findIndex((v) => sameMatrixValue(v, value)) < i) {
         o.report(origin, `${JSON.stringify(value)} is already in the list`);
       } else cells.push({ value: value as MatrixValue, origin });
     });

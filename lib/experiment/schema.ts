@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type { FieldRule, ItemRule, Rules, ScalarRule } from "./fields.ts";
+import type { FieldRule, ItemRule, ListRule, Rules, ScalarRule } from "./fields.ts";
 import { MANIFEST_RULES, MATRIX_FIELDS } from "./manifest.ts";
 
 /** A JSON Schema object. */
@@ -35,7 +35,9 @@ export const SCHEMA_FILE: URL = new URL("../../experiments/schema.json", import.
  */
 export function manifestSchema(): JsonSchema {
   const defs: Record<string, JsonSchema> = {};
-  for (const [path, rule] of MATRIX_FIELDS) defs[path] = scalarSchema(rule, false);
+  for (const [path, rule] of MATRIX_FIELDS) {
+    defs[path] = rule.type === "list" ? listSchema(rule, false) : scalarSchema(rule, false);
+  }
   return {
     $schema: "https://json-schema.org/draft/2020-12/schema",
     title: "SCALAR lab experiment manifest",
@@ -83,19 +85,23 @@ function fieldSchema(rule: FieldRule): JsonSchema {
     case "object":
       return { description: rule.doc, ...objectSchema(rule.fields) };
     case "list":
-      return {
-        description: rule.doc,
-        type: "array",
-        items: itemSchema(rule.items),
-        ...(rule.minItems !== undefined ? { minItems: rule.minItems } : {}),
-        ...(rule.unique ? { uniqueItems: true } : {}),
-        default: rule.default,
-      };
+      return listSchema(rule, true);
     case "external":
       return { description: rule.doc, ...matrixSchema() };
     default:
       return scalarSchema(rule, true);
   }
+}
+
+function listSchema(rule: ListRule, withDefault: boolean): JsonSchema {
+  return {
+    description: rule.doc,
+    type: "array",
+    items: itemSchema(rule.items),
+    ...(rule.minItems !== undefined ? { minItems: rule.minItems } : {}),
+    ...(rule.unique ? { uniqueItems: true } : {}),
+    ...(withDefault ? { default: rule.default } : {}),
+  };
 }
 
 function scalarSchema(rule: ScalarRule, withDefault: boolean): JsonSchema {

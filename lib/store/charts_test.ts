@@ -27,12 +27,13 @@ function klAt(i: number, start: number, seed: number): number {
  * (no results), which must not draw anything.
  */
 async function seedStore(store: Store, experiment = "demo"): Promise<void> {
-  const cells = [
-    { arch: "topk", varied: {}, start: 4, relative: 12 },
-    { arch: "staircase", varied: {}, start: 2, relative: 5 },
-    { arch: "jsae", varied: { "sae.jsae.lambda": 0.001 }, start: 3, relative: 8 },
-    { arch: "jsae", varied: { "sae.jsae.lambda": 0.01 }, start: 2.5, relative: 7 },
-  ];
+  const cells: { arch: string; varied: Record<string, number>; start: number; relative: number }[] =
+    [
+      { arch: "topk", varied: {}, start: 4, relative: 12 },
+      { arch: "staircase", varied: {}, start: 2, relative: 5 },
+      { arch: "jsae", varied: { "sae.jsae.lambda": 0.001 }, start: 3, relative: 8 },
+      { arch: "jsae", varied: { "sae.jsae.lambda": 0.01 }, start: 2.5, relative: 7 },
+    ];
   for (const c of cells) {
     for (let seed = 0; seed < 3; seed++) {
       const result = fakeResult({
@@ -55,7 +56,7 @@ async function seedStore(store: Store, experiment = "demo"): Promise<void> {
           };
         });
       }
-      const lambda = c.varied["sae.jsae.lambda" as keyof typeof c.varied];
+      const lambda = c.varied["sae.jsae.lambda"];
       await storeRun(
         store,
         fakeRun({

@@ -385,7 +385,10 @@ export function cellKeyOf(run: ReportRun): CellKey {
 
 /** The key a cell and its TopK baseline share. */
 function baselineKey(cell: CellKey): string {
-  const shared = Object.entries(cell.params).filter(([k]) => !ARCH_SPECIFIC.test(k));
+  // A run restricted to some layers (`model.layers`) is compared layer by layer with the baseline
+  // of every layer: its layers are not a setting the baseline needs to share.
+  const shared = Object.entries(cell.params)
+    .filter(([k]) => !ARCH_SPECIFIC.test(k) && k !== "model.layers");
   return JSON.stringify([cell.position, shared]);
 }
 

@@ -334,6 +334,33 @@ Deno.test("buildReport() matches each cell to the TopK cell of the same other pa
   ok(md.includes("| staircase | sae.k=30 | n=1 | relative | — | — |"));
 });
 
+Deno.test("buildReport() compares a run restricted to some layers with the baseline of all", () => {
+  // toy-mlp.yaml: one TopK run over layers 0–1, one JSAE run per layer at that layer's λ.
+  const score = (runId: string, layer: number, v: number) => ({
+    runId,
+    layer,
+    absolute: v,
+    relative: v,
+  });
+  const data: ReportData = {
+    experiment: "mlp",
+    runs: [
+      run("t", 0, "topk"),
+      run("j0", 0, "jsae", { "sae.jsae.lambda": "0.0018", "model.layers": "[0]" }),
+      run("j1", 0, "jsae", { "sae.jsae.lambda": "0.0012", "model.layers": "[1]" }),
+    ],
+    scores: [score("t", 0, 10), score("t", 1, 40), score("j0", 0, 5), score("j1", 1, 30)],
+    metrics: [],
+  };
+  const cells = buildReport(data).positions[0]!.cells;
+  const percent = (label: string, layer: number) =>
+    cells.find((c) => c.label.includes(label))!.improvement!.relative.perLayer
+      .find((l) => l.layer === layer)?.percent;
+  // 1 − 5/10 at layer 0; 1 − 30/40 at layer 1; neither run has the other's layer.
+  deepEqual([percent("0.0018", 0), percent("0.0012", 1)], [50, 25]);
+  deepEqual([percent("0.0018", 1), percent("0.0012", 0)], [undefined, undefined]);
+});
+
 /**
  * A Staircase `mlp-block` pair has twice TopK's edges (512 × 1,024), so its relative SCALAR is half
  * its absolute. Two seeds, two layers, absolute SCALAR:

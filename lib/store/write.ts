@@ -15,6 +15,7 @@ import {
   listValue,
   VARCHAR,
 } from "@duckdb/node-api";
+import { type MatrixValue, matrixValueText } from "../experiment/matrix.ts";
 import type { SaeRunResult } from "../experiment/sae_run.ts";
 import { inTransaction, snakeCaseKeys, type Store, StoreError } from "./db.ts";
 
@@ -42,7 +43,7 @@ export interface RunRecord {
   /** The fully resolved config (stored as JSON with snake_case keys). */
   config: unknown;
   /** The run's matrix parameters, by dotted path (stored as JSON and in `run_params`). */
-  varied: Readonly<Record<string, unknown>>;
+  varied: Readonly<Record<string, MatrixValue>>;
   /** The run's seed. */
   seed: number;
   /** The backend that ran it. */
@@ -126,11 +127,6 @@ async function insertRows(store: Store, r: Rows): Promise<void> {
       chunk.flatMap(() => [...r.types]),
     );
   }
-}
-
-/** A parameter value as `run_params` text: strings as they are, anything else as JSON. */
-function paramText(value: unknown): string {
-  return typeof value === "string" ? value : JSON.stringify(value) ?? String(value);
 }
 
 /** The numeric fields of a record as (name, value) pairs. */
@@ -490,7 +486,7 @@ function paramRows(run: RunRecord): Rows {
     table: "run_params",
     columns: ["run_id", "path", "value"],
     types: [VARCHAR, VARCHAR, VARCHAR],
-    rows: Object.entries(run.varied).map(([path, value]) => [run.id, path, paramText(value)]),
+    rows: Object.entries(run.varied).map(([path, value]) => [run.id, path, matrixValueText(value)]),
   };
 }
 
