@@ -541,9 +541,31 @@ function attentionReference(qkv: tf.Tensor2D, T: number, H: number): tf.Tensor2D
  * @returns The normalised, scaled and shifted input.
  */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-5): tf.Tensor {
-  const { mean, variance } = tf.moments(x, -1, true);
-  return x.sub(mean).mul(tf.rsqrt(variance.add(eps))).mul(weight).add(bias);
+  return layerNormWithGrad(eps)(x, weight, bias);
 }
+
+// LayerNorm's backward in closed form, with x̂ = (x − μ)·r, r = 1/√(σ² + ε) and g = ∂L/∂y · w:
+// ∂L/∂x = r·(g − mean(g) − x̂·mean(g·x̂)), ∂L/∂w = Σ ∂L/∂y·x̂, ∂L/∂b = Σ ∂L/∂y over all rows.
+// Autodiff through tf.moments spends a quarter of LayerNorm's backward building tensors of ones
+// (Mean's and Sum's gradients) and runs about twice the ops.
+const layerNormWithGrad = (eps: number) =>
+  tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x, weight, bias, save] = inputs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const { mean, variance } = tf.moments(x, -1, true);
+    const r = tf.rsqrt(variance.add(eps));
+    const xHat = x.sub(mean).mul(r);
+    save([xHat, r, weight]);
+    return {
+      value: xHat.mul(weight).add(bias),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xh, rs, w] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
+        const g = dy.mul(w);
+        const dx = g.sub(g.mean(-1, true)).sub(xh.mul(g.mul(xh).mean(-1, true))).mul(rs);
+        const rows = dy.reshape([-1, w.size]);
+        return [dx, rows.mul(xh.reshape([-1, w.size])).sum(0), rows.sum(0)];
+      },
+    };
+  });
 
 /**
  * DynamicTanh (Zhu et al. 2025, "Transformers without Normalization"): γ·tanh(α·x) + β, a

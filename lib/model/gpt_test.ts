@@ -6,6 +6,7 @@ import {
   dynamicTanh,
   GPT,
   hookNames,
+  layerNorm,
   LOGITS,
   SHAKESPEARE_64X4,
 } from "./gpt.ts";
@@ -155,17 +156,11 @@ Deno.test("GPT gradients match central finite differences on a tiny model", asyn
   model.dispose();
 });
 
-Deno.test("dynamicTanh() gradients in x, α, γ and β match central finite differences", async () => {
-  const rng = createRng(21);
-  const inputs = [
-    tf.tensor2d(normalArray(rng, 12, 1.5), [3, 4]), // x
-    tf.tensor1d([0.7]), // α
-    tf.tensor1d(normalArray(rng, 4, 1)), // γ
-    tf.tensor1d(normalArray(rng, 4, 1)), // β
-  ];
-  const w = tf.tensor2d(normalArray(rng, 12, 1), [3, 4]);
-  const loss = (x: tf.Tensor, a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) =>
-    dynamicTanh(x, a, g, b).mul(w).sum() as tf.Scalar;
+/** Asserts that tf.grads of `loss` matches central finite differences in every input element. */
+async function assertGradsMatchFiniteDifferences(
+  loss: (...args: tf.Tensor[]) => tf.Scalar,
+  inputs: tf.Tensor[],
+): Promise<void> {
   const grads = tf.grads(loss)(inputs);
   const eps = 1e-3;
   for (const [n, t] of inputs.entries()) {
@@ -175,8 +170,9 @@ Deno.test("dynamicTanh() gradients in x, α, γ and β match central finite diff
       const at = async (delta: number) => {
         const v = values.slice();
         v[i]! += delta;
-        const args = inputs.map((u, m) => (m === n ? tf.tensor(v, t.shape) : u));
-        return (await loss(args[0]!, args[1]!, args[2]!, args[3]!).data())[0]!;
+        return (await loss(...inputs.map((u, m) => (m === n ? tf.tensor(v, t.shape) : u))).data())[
+          0
+        ]!;
       };
       const fd = ((await at(eps)) - (await at(-eps))) / (2 * eps);
       assert.ok(
@@ -185,6 +181,50 @@ Deno.test("dynamicTanh() gradients in x, α, γ and β match central finite diff
       );
     }
   }
+}
+
+Deno.test("dynamicTanh() gradients in x, α, γ and β match central finite differences", async () => {
+  const rng = createRng(21);
+  const inputs = [
+    tf.tensor2d(normalArray(rng, 12, 1.5), [3, 4]), // x
+    tf.tensor1d([0.7]), // α
+    tf.tensor1d(normalArray(rng, 4, 1)), // γ
+    tf.tensor1d(normalArray(rng, 4, 1)), // β
+  ];
+  const w = tf.tensor2d(normalArray(rng, 12, 1), [3, 4]);
+  await assertGradsMatchFiniteDifferences(
+    (x, a, g, b) => dynamicTanh(x, a!, g!, b!).mul(w).sum() as tf.Scalar,
+    inputs,
+  );
+});
+
+Deno.test("layerNorm()'s closed-form gradients in x, weight and bias match finite differences and autodiff", async () => {
+  const rng = createRng(22);
+  // Rows of a [2, 3, 5] input: the weight and bias gradients sum over both leading axes.
+  const inputs = [
+    tf.tensor3d(normalArray(rng, 30, 1.5), [2, 3, 5]),
+    tf.tensor1d(normalArray(rng, 5, 1)),
+    tf.tensor1d(normalArray(rng, 5, 1)),
+  ];
+  const w = tf.tensor3d(normalArray(rng, 30, 1), [2, 3, 5]);
+  const loss = (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) =>
+    layerNorm(x, g, b).mul(w).sum() as tf.Scalar;
+  await assertGradsMatchFiniteDifferences(loss, inputs);
+  // The same function written out, differentiated by tfjs's autodiff through tf.moments.
+  const plain = (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    return x.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).mul(g).add(b).mul(w).sum() as tf.Scalar;
+  };
+  const [ours, theirs] = [tf.grads(loss)(inputs), tf.grads(plain)(inputs)];
+  for (let n = 0; n < inputs.length; n++) {
+    assert.ok((await maxAbsDiff(ours[n]!, theirs[n]!)) < 1e-5, `input ${n}`);
+  }
+  assert.ok(
+    (await maxAbsDiff(
+      loss(...(inputs as [tf.Tensor, tf.Tensor, tf.Tensor])),
+      plain(...(inputs as [tf.Tensor, tf.Tensor, tf.Tensor])),
+    )) < 1e-5,
+  );
 });
 
 Deno.test("a GPT with a DynamicTanh ln_2 starts at α 2, γ 1, β 0 and applies it at hook_mlp_in", async () => {
