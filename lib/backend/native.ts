@@ -8,7 +8,8 @@
  * never opens a library another one is still writing.
  *
  * Libraries are built with `-O3 -march=native -fopenmp`: OpenMP threads for the loops that pay,
- * vector instructions of this CPU. OpenMP's idle threads are told to sleep (`OMP_WAIT_POLICY=passive`
+ * vector instructions of this CPU; and as `nodelete`, so that they stay mapped until the process
+ * is gone. OpenMP's idle threads are told to sleep (`OMP_WAIT_POLICY=passive`
  * unless set): they share the cores with OpenBLAS's threads, and spinning ones would slow its
  * products down.
  *
@@ -25,6 +26,10 @@ export const NATIVE_FLAGS: readonly string[] = [
   "-fopenmp",
   "-shared",
   "-fPIC",
+  // Never unmapped, not even when Deno closes its libraries at exit: libgomp's parked worker
+  // threads would then run unmapped code (a SIGSEGV after the program's last line, in about one
+  // exit in five here with two threads).
+  "-Wl,-z,nodelete",
 ];
 
 /** Where and how to build; every field has a default. */
@@ -36,9 +41,9 @@ export interface NativeOptions {
 }
 
 /**
- * An opened native library. It stays loaded for the life of the process (there is no `close`):
- * unloading a library whose OpenMP threads are parked in libgomp would unmap code they run, a
- * crash at the next use of OpenMP.
+ * An opened native library. It stays loaded for the life of the process (there is no `close`,
+ * and the library is linked `nodelete` against the runtime's own close at exit): unloading a
+ * library whose OpenMP threads are parked in libgomp would unmap code they run.
  */
 export interface NativeLibrary<S extends Deno.ForeignLibraryInterface> {
   /** The functions, as `Deno.dlopen` gives them. */
