@@ -180,6 +180,21 @@ static inline uint32_t lane_bits(vint m) {
 
 static inline vfloat splat(float t) { return (vfloat){0} + t; }
 
+/* The larger of a and b in each lane (neither is NaN: both are ReLU outputs). */
+static inline vfloat max_lanes(vfloat a, vfloat b) {
+#if defined(__AVX512F__)
+  __m512 x, y;
+  memcpy(&x, &a, sizeof x);
+  memcpy(&y, &b, sizeof y);
+  x = _mm512_max_ps(x, y);
+  memcpy(&a, &x, sizeof a);
+  return a;
+#else
+  vint above = b > a;
+  return (vfloat)(((vint)b & above) | ((vint)a & ~above));
+#endif
+}
+
 /*
  * A value the k-th largest of ReLU(p + b) is at least: the k-th largest of the LANES lane maxima
  * (the maxima of features q, q + LANES, q + 2·LANES, …), which are LANES distinct entries of the
@@ -187,12 +202,16 @@ static inline vfloat splat(float t) { return (vfloat){0} + t; }
  */
 static float select_bound(const float *p, const float *b, int32_t width, int32_t k) {
   if (k > LANES || width < LANES) return -1.0f;
-  vfloat lane = relu_lanes(p, b);
-  for (int32_t j = LANES; j + LANES <= width; j += LANES) {
-    vfloat v = relu_lanes(p + j, b + j);
-    vint above = v > lane;
-    lane = (vfloat)(((vint)v & above) | ((vint)lane & ~above));
+  /* Two running maxima over alternate groups, merged at the end: a maximum waits on the one
+   * before it, so a single chain would leave the loop latency-bound. */
+  vfloat lane = relu_lanes(p, b), odd = lane;
+  int32_t j = LANES;
+  for (; j + 2 * LANES <= width; j += 2 * LANES) {
+    lane = max_lanes(lane, relu_lanes(p + j, b + j));
+    odd = max_lanes(odd, relu_lanes(p + j + LANES, b + j + LANES));
   }
+  if (j + LANES <= width) lane = max_lanes(lane, relu_lanes(p + j, b + j));
+  lane = max_lanes(lane, odd);
   /* The k-th largest: the lane maximum with fewer than k above it and at least k at or above. */
   float bound = 0.0f;
   for (int32_t q = 0; q < LANES; q++) {
