@@ -48,6 +48,27 @@ cd "$root"
 deno_version="$(deno --version | head -1)"
 echo "preparing $out with $deno_version"
 
+# The DuckDB version the project pins, so the bundle's npm import names the cached one; and the
+# Vega runtime the HTML report inlines, which it finds beside wherever "vega" resolves.
+duckdb_spec="$(jq -r '.imports["@duckdb/node-api"]' deno.json)"
+vega_dir="$(dirname "$(deno eval 'console.log(new URL(import.meta.resolve("vega")).pathname)')")"
+mkdir -p "$out/vega" && cp "$vega_dir/vega.min.js" "$out/vega/"
+cat > "$out/deno.json" <<EOF
+{
+  "imports": { "@duckdb/node-api": "$duckdb_spec", "vega": "./vega/vega.module.js" },
+  "nodeModulesDir": "none",
+  "lock": false
+}
+EOF
+
+# The bundles resolve DuckDB's packages from Deno's npm cache without a lockfile, which needs each
+# package's registry.json; a lockfile-driven `deno install` leaves some out (@duckdb/node-bindings),
+# so resolve once the same way here, where the registry can be reached, before the cache is packed.
+probe="$(mktemp -d)"
+echo 'import "@duckdb/node-api";' > "$probe/duckdb.ts"
+deno cache --quiet --config "$out/deno.json" "$probe/duckdb.ts"
+rm -rf "$probe"
+
 if [ "$skip_download" = 0 ]; then
   echo "Vulkan loader and GLVND packages (amd64)…"
   rm -rf "$out/gl" && mkdir -p "$out/gl" /tmp/gpu-prepare-apt/partial
@@ -81,19 +102,6 @@ if [ "$skip_download" = 0 ]; then
   done
   tar -C "$stage" -cf - npm | xz -T2 -6 > "$out/npm.tar.xz"
 fi
-
-# The DuckDB version the project pins, so the bundle's npm import names the cached one; and the
-# Vega runtime the HTML report inlines, which it finds beside wherever "vega" resolves.
-duckdb_spec="$(jq -r '.imports["@duckdb/node-api"]' deno.json)"
-vega_dir="$(dirname "$(deno eval 'console.log(new URL(import.meta.resolve("vega")).pathname)')")"
-mkdir -p "$out/vega" && cp "$vega_dir/vega.min.js" "$out/vega/"
-cat > "$out/deno.json" <<EOF
-{
-  "imports": { "@duckdb/node-api": "$duckdb_spec", "vega": "./vega/vega.module.js" },
-  "nodeModulesDir": "none",
-  "lock": false
-}
-EOF
 
 echo "bundles…"
 rm -f "$out"/*.js # uncompressed ones left by an older call would travel too
