@@ -89,7 +89,8 @@ function filterRuns(runs: ExpandedRun[], only: string[]): ExpandedRun[] {
   });
   return runs.filter((r) =>
     filters.every(([key, value]) =>
-      (key === "seed" ? String(r.seed) : variedText(r, key)) === value.replaceAll(" ", "")
+      (key === "seed" ? String(r.seed) : variedText(r, key)) ===
+        (value.startsWith("[") ? value.replaceAll(" ", "") : value)
     )
   );
 }
