@@ -196,12 +196,16 @@ Deno.test({
     const dir = await setUpTinyGrid();
     const run = spawnRun(dir);
     await run.until(/step\s+3\/6/);
+    // Paused until the reader holds the database: the tiny run would otherwise reach its write
+    // before the reader's process has started (a race it lost in one of three CI runs here).
+    run.child.kill("SIGSTOP");
     const holder = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", new URL("./testdata/hold_db.ts", import.meta.url).pathname, DB, "8000"],
       cwd: dir,
       stdout: "piped",
     }).spawn();
     await readerOf(holder.stdout).until(/holding/);
+    run.child.kill("SIGCONT");
     const stderr = await run.rest();
     assert.equal((await run.child.status).code, 0, stderr);
     await holder.status;
