@@ -701,6 +701,57 @@ export async function cpuEngineKernels(): Promise<CpuEngineKernels> {
   return kernels;
 }
 
+/** An SAE's encoder side as host arrays: `wEnc` `[D][F]`, `bEnc` `[F]`, `bDec` `[D]`. */
+export interface HostEncoder {
+  wEnc: Float32Array;
+  bEnc: Float32Array;
+  bDec: Float32Array;
+}
+
+/**
+ * TopK(ReLU((x − b_dec)·W_enc + b_enc)) of n rows by the engine's kernels (the training step's own
+ * encoder and selection): per row its k (feature, value) pairs in ascending feature order, ties to
+ * the lower feature, zero values included where fewer than k are positive.
+ *
+ * @param kernels The engine's kernels ({@link cpuEngineKernels}).
+ * @param x Rows `[n][D]`.
+ * @param w The SAE's encoder side.
+ * @param k Features kept per row (at most F).
+ * @returns `idx` and `val`, `[n][k]` each.
+ * @throws {RangeError} If the shapes disagree or k is outside [1, F].
+ *
+ * @example
+ * ```ts
+ * import { deepEqual } from "node:assert/strict";
+ * import { cpuEngineKernels, encodeTopK } from "./cpu_engine.ts";
+ * const kernels = await cpuEngineKernels();
+ * // D 1, F 3: pre = x·(1, −1, 2) + 0; the row x = 1 keeps features 0 and 2.
+ * const w = { wEnc: Float32Array.of(1, -1, 2), bEnc: new Float32Array(3), bDec: new Float32Array(1) };
+ * const { idx, val } = encodeTopK(kernels, Float32Array.of(1), w, 2);
+ * deepEqual([...idx, ...val], [0, 2, 1, 2]);
+ * ```
+ */
+export function encodeTopK(
+  kernels: CpuEngineKernels,
+  x: Float32Array,
+  w: HostEncoder,
+  k: number,
+): { idx: Int32Array; val: Float32Array } {
+  const d = w.bDec.length, width = w.bEnc.length, n = x.length / d;
+  if (!Number.isInteger(n) || w.wEnc.length !== d * width || !(k >= 1 && k <= width)) {
+    throw new RangeError(
+      `Cannot encode ${x.length} values with a ${d} × ${width} encoder keeping ${k}: shapes ` +
+        `disagree or k is outside [1, ${width}]`,
+    );
+  }
+  const xc = new Float32Array(n * d), chunk = encoderRows(width);
+  const slots = kernels.sae_max_threads(), pre = new Float32Array(slots * chunk * width);
+  const idx = new Int32Array(n * k), val = new Float32Array(n * k);
+  kernels.sae_center(x, w.bDec, n, d, xc);
+  kernels.sae_encode(xc, n, d, w.wEnc, width, width, w.bEnc, k, chunk, slots, pre, idx, val);
+  return { idx, val };
+}
+
 // Copies the SAE set's variables into the flat parameter array.
 async function copyParams(saes: SaeSet, layout: ParamLayout, flat: Float32Array): Promise<void> {
   for (const s of layout.slots) {

@@ -38,8 +38,13 @@
  *   once per (sequence, α) and the rows' input gradients come from one batched backward
  *   (`block_vjp.ts`, OpenBLAS and native loops), where each row's cotangent, nonzero at a few
  *   positions, costs per entry rather than per position for everything but the keys' and
- *   values' spread. Autodiff of the segment (above) remains for the other pairs in `sequence`
- *   mode and where the native loops cannot be built.
+ *   values' spread.
+ * - One forward per batch (`mlp` and `mlp-block` pairs in `token` mode): the segment acts on each
+ *   token alone, so its forward over the batch's tokens at x̂_α serves every row, and the rows'
+ *   input gradients are two products over all of them (`mlp_vjp.ts`); the clean pass runs on the
+ *   host too (`mlp_clean_pass.ts`: the engine's encoders, one decode for every α).
+ *   Autodiff of the segment (above) remains for the other pairs and layouts, and where the native
+ *   loops cannot be built.
  * - Gram matrices: score[i, j]² = Σ_t (s_t · gx_j[t] · w_i)² = w_iᵀ C_j w_i with C_j = Σ_t s_t² ·
  *   gx_j[t] gx_j[t]ᵀ (D × D) and w_i row i of W_dec_up, so each row position costs 2·D² flops
  *   (one product per target) instead of the direct map to all F_up upstream features (2·D·F_up,
@@ -71,6 +76,8 @@ import type { SaeSet } from "../sae/architectures.ts";
 import { isTokenwisePair, type SaePair } from "../sae/positions.ts";
 import { decode, encode } from "../sae/sae.ts";
 import { blockOfPair, BlockVjp, type SparseCotangents } from "./block_vjp.ts";
+import { type CleanPass, MlpCleanPass } from "./mlp_clean_pass.ts";
+import { type MlpForward, mlpSegmentOfPair, MlpVjp } from "./mlp_vjp.ts";
 
 /** How {@link attributePair} lays out its backward rows. */
 export type AttributionMode = "token" | "sequence";
@@ -706,21 +713,83 @@ function blockPasses(
 }
 
 /**
- * The batched block backward for a `block` pair in `sequence` mode, where its native loops and
- * OpenBLAS open; undefined otherwise (autodiff then runs, and `log` says why for a block pair).
+ * One α's rows of a per-token pair by the MLP's batched backward (`mlp_vjp.ts`): every entry of
+ * every row at once against `f`, the segment's forward over the batch's N tokens at x̂_α; the
+ * cotangent vectors are the rows of `wEncDownT`.
+ *
+ * @returns The positions the rows' gradients cover (rows × their exact lengths).
  */
-async function blockBackward(
+function mlpPasses(vjp: MlpVjp, f: MlpForward, wEncDownT: Float32Array, at: PassInputs): number {
+  const { hot, length, gx, rowOffset, rowUnit, Tu, D } = at;
+  const R = length.length, E = hot.rowStart[R]!;
+  const position = new Int32Array(E), outOffset = new Int32Array(E);
+  let tokens = 0;
+  for (let r = 0; r < R; r++) {
+    tokens += length[r]!;
+    for (let e = hot.rowStart[r]!; e < hot.rowStart[r + 1]!; e++) {
+      position[e] = rowUnit[r]! * Tu + hot.position[e]!;
+      outOffset[e] = rowOffset[r]! + hot.position[e]! * D;
+    }
+  }
+  vjp.accumulate(f, { position, vector: hot.vector, vectors: wEncDownT }, gx, outOffset);
+  return tokens;
+}
+
+/** A pair's native segment work: the block backward, or the MLP's clean pass and backward. */
+type Native =
+  | { kind: "block"; vjp: BlockVjp }
+  | { kind: "mlp"; vjp: MlpVjp; clean: MlpCleanPass };
+
+/**
+ * The native work of a pair's segment where one applies and its loops and OpenBLAS open: the
+ * batched block backward for a `block` pair in `sequence` mode; the host clean pass and the MLP's
+ * backward for an `mlp` or `mlp-block` pair in `token` mode. Undefined otherwise: tfjs (autodiff)
+ * then runs, and `log` says why where native loops would not open. A per-token pair in `sequence`
+ * mode stays on autodiff: the layout the tests hold the native path to.
+ */
+async function nativeSegment(
   o: AttributionOptions,
   mode: AttributionMode,
   memory: number,
   log: (line: string) => void,
-): Promise<BlockVjp | undefined> {
+): Promise<Native | undefined> {
   const block = mode === "sequence" ? blockOfPair(o.pair) : undefined;
-  if (block === undefined) return undefined;
-  const opened = await BlockVjp.open(o.model, block, memory);
-  if (!("error" in opened)) return opened;
-  log(`attribution ${o.pair.up} → ${o.pair.down}: block backward by autodiff (${opened.error})`);
+  const mlp = mode === "token" ? mlpSegmentOfPair(o.pair) : undefined;
+  let why: string;
+  if (block !== undefined) {
+    const vjp = await BlockVjp.open(o.model, block, memory);
+    if (!("error" in vjp)) return { kind: "block", vjp };
+    why = vjp.error;
+  } else if (mlp !== undefined) {
+    const vjp = await MlpVjp.open(o.model, mlp, memory);
+    try {
+      if ("error" in vjp) throw new Error(vjp.error);
+      return { kind: "mlp", vjp, clean: await MlpCleanPass.open(o.saes, o.pair, vjp) };
+    } catch (e) {
+      why = (e as Error).message;
+    }
+  } else return undefined;
+  log(`attribution ${o.pair.up} → ${o.pair.down}: segment by tfjs autodiff (${why})`);
   return undefined;
+}
+
+/** The clean activations at the pair's upstream hook of sequences first … first + B − 1, `[N][D]`. */
+function upstreamTensor(o: AttributionOptions, first: number, B: number): tf.Tensor2D {
+  const T = o.model.config.nCtx, D = o.model.config.dModel;
+  const ids = tf.tensor2d(o.tokens.subarray(first * T, (first + B) * T), [B, T], "int32");
+  return o.model.run({ tokens: ids, stopAt: o.pair.up }).output.reshape([B * T, D]);
+}
+
+/** {@link upstreamTensor}'s values on the host. */
+async function upstreamActivations(
+  o: AttributionOptions,
+  first: number,
+  B: number,
+): Promise<Float32Array> {
+  const x = tf.tidy(() => upstreamTensor(o, first, B));
+  const values = (await x.data()) as Float32Array;
+  x.dispose();
+  return values;
 }
 
 /**
@@ -735,14 +804,12 @@ async function cleanPass(
   first: number,
   B: number,
   fDown: number,
-): Promise<{ stepLength: Float32Array; xHats: Float32Array[]; kept: Int32Array[] }> {
-  const { model, saes, pair, tokens } = o;
+): Promise<CleanPass> {
+  const { model, saes, pair } = o;
   const { nCtx: T, dModel: D } = model.config;
   const k = saes.k, N = B * T;
   const clean = tf.tidy(() => {
-    const ids = tf.tensor2d(tokens.subarray(first * T, (first + B) * T), [B, T], "int32");
-    const x = model.run({ tokens: ids, stopAt: pair.up }).output;
-    const z0 = encode(saes.weights(pair.up), x.reshape([N, D]), k);
+    const z0 = encode(saes.weights(pair.up), upstreamTensor(o, first, B), k);
     const xHats = as.map((a) => decode(saes.weights(pair.up), z0.mul(a)));
     const features = xHats.map((xHat) => {
       const y = segment(xHat.reshape([B, T, D]));
@@ -817,7 +884,7 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
   // Per target, the Gram matrix of its scaled gradients (see accumulateGram), when they fit.
   const gram = 8 * fDown * D * D <= memory ? new Float64Array(fDown * D * D) : undefined;
   const segment = segmentOf(model, pair);
-  const vjp = await blockBackward(o, mode, memory, log);
+  const native = await nativeSegment(o, mode, memory, log);
   const as = alphas(steps);
   const sumSq = new Float64Array(fDown * fUp); // transposed: [j][i]
   let gradientRows = 0, gradientTokens = 0;
@@ -834,7 +901,10 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
     for (let first = 0; first < sequences; first += batchSequences) {
       const B = Math.min(batchSequences, sequences - first), N = B * T, U = N / Tu;
       const batchStarted = performance.now();
-      const { stepLength, xHats, kept } = await cleanPass(o, segment, as, first, B, fDown);
+      const clean: CleanPass & { forwards?: MlpForward[] } = native?.kind === "mlp"
+        ? native.clean.run(await upstreamActivations(o, first, B), as)
+        : await cleanPass(o, segment, as, first, B, fDown);
+      const { stepLength, xHats, kept } = clean;
 
       for (let j0 = 0; j0 < fDown; j0 += chunk) {
         const layout = chunkRows(kept, U, Tu, k, fDown, j0, Math.min(fDown, j0 + chunk));
@@ -853,8 +923,11 @@ export async function attributePair(o: AttributionOptions): Promise<Attribution>
           gradientRows += lengths[s]!.filter((n) => n > 0).length;
           const hot = hots[s]!, length = lengths[s]!, gx = blocks.gx;
           const at = { hot, length, xHat: xHats[s]!, gx, rowOffset, rowLength, rowUnit, Tu, D };
-          if (vjp) gradientTokens += blockPasses(vjp, unitStart, wEncDownT, at);
-          else {
+          if (native?.kind === "block") {
+            gradientTokens += blockPasses(native.vjp, unitStart, wEncDownT, at);
+          } else if (native?.kind === "mlp") {
+            gradientTokens += mlpPasses(native.vjp, clean.forwards![s]!, wEncDownT, at);
+          } else {
             gradientTokens += await segmentPasses(segment, memory, floatsPerToken, wEncDownT, at);
           }
         }

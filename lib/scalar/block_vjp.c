@@ -74,6 +74,7 @@ void bv_causal_softmax(float *p, int H, int T) {
  * relative accuracy in both tails, where 1 + tanh u would cancel. */
 void bv_gelu(const float *pre, int n, float *post, float *d) {
   const float c = 0.7978845608028654f, a = 0.044715f;
+#pragma omp parallel for schedule(static)
   for (int i = 0; i < n; i++) {
     const float x = pre[i], y = -2.0f * c * x * (1.0f + a * x * x);
     const float s = y > 80.0f ? 0.0f : y < -80.0f ? 1.0f : 1.0f / (1.0f + expf(y));
@@ -101,7 +102,7 @@ void bv_scale_rows(float *x, const float *by, const int *pos, int E, int M) {
 }
 
 /* LayerNorm backward per entry: dx[e] = residual[e] + rs·(gy − mean(gy) − xh·mean(gy∘xh)) with
- * gy = dy[e]∘g and xh, rs the saved values at pos[e]. dx may be dy. */
+ * gy = dy[e]∘g and xh, rs the saved values at pos[e]; residual may be NULL (none). dx may be dy. */
 void bv_layernorm_backward(const float *dy, const float *xh, const float *rs, const float *g,
                            const int *pos, int E, int D, const float *residual, float *dx) {
 #pragma omp parallel for schedule(static)
@@ -114,20 +115,23 @@ void bv_layernorm_backward(const float *dy, const float *xh, const float *rs, co
     }
     m1 /= D, m2 /= D;
     const float r = rs[pos[e]];
-    const float *res = residual + (size_t)e * D;
+    const float *res = residual ? residual + (size_t)e * D : NULL;
     float *out = dx + (size_t)e * D;
-    for (int d = 0; d < D; d++) out[d] = res[d] + r * (in[d] * g[d] - m1 - h[d] * m2);
+    for (int d = 0; d < D; d++) out[d] = (res ? res[d] : 0.0f) + r * (in[d] * g[d] - m1 - h[d] * m2);
   }
 }
 
-/* DynamicTanh backward per entry: dx[e] = residual[e] + dy[e]∘g·alpha·(1 − th²) at pos[e]. */
+/* DynamicTanh backward per entry: dx[e] = residual[e] + dy[e]∘g·alpha·(1 − th²) at pos[e];
+ * residual may be NULL (none). */
 void bv_dyt_backward(const float *dy, const float *th, float alpha, const float *g, const int *pos,
                      int E, int D, const float *residual, float *dx) {
   for (int e = 0; e < E; e++) {
     const float *in = dy + (size_t)e * D, *t = th + (size_t)pos[e] * D;
-    const float *res = residual + (size_t)e * D;
+    const float *res = residual ? residual + (size_t)e * D : NULL;
     float *out = dx + (size_t)e * D;
-    for (int d = 0; d < D; d++) out[d] = res[d] + in[d] * g[d] * alpha * (1.0f - t[d] * t[d]);
+    for (int d = 0; d < D; d++) {
+      out[d] = (res ? res[d] : 0.0f) + in[d] * g[d] * alpha * (1.0f - t[d] * t[d]);
+    }
   }
 }
 

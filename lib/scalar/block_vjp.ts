@@ -42,57 +42,10 @@
  *
  * @module
  */
-import { type BlasLibrary, openBlas } from "../backend/blas.ts";
-import { loadNative, type NativeLibrary } from "../backend/native.ts";
 import type { GPT } from "../model/gpt.ts";
 import type { SaePair } from "../sae/positions.ts";
-
-/** The loops of `block_vjp.c`, as `Deno.dlopen` symbols. */
-const SYMBOLS = {
-  bv_fill_rows: { parameters: ["buffer", "buffer", "buffer", "i32", "i32"], result: "void" },
-  bv_layernorm: {
-    parameters: ["buffer", "buffer", "buffer", "f32", "i32", "i32", "buffer", "buffer", "buffer"],
-    result: "void",
-  },
-  bv_dyt: {
-    parameters: ["buffer", "f32", "buffer", "buffer", "i32", "i32", "buffer", "buffer"],
-    result: "void",
-  },
-  bv_causal_softmax: { parameters: ["buffer", "i32", "i32"], result: "void" },
-  bv_gelu: { parameters: ["buffer", "i32", "buffer", "buffer"], result: "void" },
-  bv_gather: { parameters: ["buffer", "buffer", "i32", "i32", "buffer"], result: "void" },
-  bv_scale_rows: { parameters: ["buffer", "buffer", "buffer", "i32", "i32"], result: "void" },
-  bv_layernorm_backward: {
-    parameters: [
-      ...["buffer", "buffer", "buffer", "buffer", "buffer"],
-      ...["i32", "i32", "buffer", "buffer"],
-    ],
-    result: "void",
-  },
-  bv_dyt_backward: {
-    parameters: [
-      ...["buffer", "buffer", "f32", "buffer", "buffer"],
-      ...["i32", "i32", "buffer", "buffer"],
-    ],
-    result: "void",
-  },
-  bv_softmax_backward: {
-    parameters: ["buffer", "buffer", "buffer", "i32", "i32", "i32"],
-    result: "void",
-  },
-  bv_rows: {
-    parameters: [
-      ...["i32", "buffer", "buffer", "buffer", "i32", "i32", "i32"],
-      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
-      ...["buffer", "buffer"],
-    ],
-    result: "void",
-  },
-} as const;
-
-type Loops = NativeLibrary<typeof SYMBOLS>["symbols"];
-
-const SOURCE = new URL("./block_vjp.c", import.meta.url);
+import { type CotangentEntries, type MlpForward, MlpVjp } from "./mlp_vjp.ts";
+import { openVjpNative, product, type Scales, type View, type VjpNative } from "./vjp_native.ts";
 
 /**
  * The block a pair spans when its segment is one whole block (the `block` position:
@@ -128,50 +81,26 @@ export function blockOfPair(pair: SaePair): number | undefined {
  * `rowStart[r]` … `rowStart[r + 1] − 1`, entry e puts `vectors` row `vector[e]` at position
  * `position[e]` (entries of one row at one position add up).
  */
-export interface SparseCotangents {
+export interface SparseCotangents extends CotangentEntries {
   /** R + 1 ascending entry offsets, from 0. */
   rowStart: Int32Array;
-  /** Each entry's position, in [0, T). */
-  position: Int32Array;
-  /** Each entry's vector: a row of `vectors`. */
-  vector: Int32Array;
-  /** The cotangent vectors, `[V][D]`. */
-  vectors: Float32Array;
 }
 
-/** The block's widths: d_model, heads, head size, MLP width, LayerNorm epsilon. */
+/** The block's widths: d_model, heads, head size; LayerNorm epsilon. */
 interface Dims {
   D: number;
   H: number;
   S: number;
-  M: number;
   eps: number;
 }
 
-/** A row-major matrix inside an array: the array, its first element, its row stride. */
-type View = readonly [Float32Array, number, number];
-
-/** Options of a product: op(B) = Bᵀ, and the scales of A·op(B) and of C's old value. */
-interface Scales {
-  transB?: boolean;
-  alpha?: number;
-  beta?: number;
-}
-
-/** The block's weights as host arrays (Hugging Face layout: linear weights `[in][out]`). */
-interface BlockWeights {
+/** The block's attention half as host arrays (Hugging Face layout: linear weights `[in][out]`). */
+interface AttentionWeights {
   ln1: { gamma: Float32Array; beta: Float32Array };
   attn: Float32Array; // [D][3D]
   attnBias: Float32Array;
   proj: Float32Array; // attention's c_proj, [D][D]
   projBias: Float32Array;
-  norm2:
-    | { kind: "layernorm"; gamma: Float32Array; beta: Float32Array }
-    | { kind: "dyt"; alpha: number; gamma: Float32Array; beta: Float32Array };
-  fc: Float32Array; // [D][M]
-  fcBias: Float32Array;
-  mlpProj: Float32Array; // [M][D]
-  mlpProjBias: Float32Array;
 }
 
 /** What {@link BlockVjp.forward} keeps of one sequence for the backward. */
@@ -189,19 +118,16 @@ export interface BlockForward {
   readonly p: Float32Array;
   /** A_h = Q_h·W_k,hᵀ/√S `[H][T][D]`: a key's gradient, per unit of dS, at ln_1's output. */
   readonly a: Float32Array;
-  /** ln_2: normalised input and 1/σ per position; DynamicTanh: tanh(α·x) (`rs2` empty). */
-  readonly xh2: Float32Array;
-  readonly rs2: Float32Array;
-  /** GELU′ at the MLP's pre-activation `[T][M]`. */
-  readonly geluGrad: Float32Array;
+  /** The MLP half's (ln_2 or DynamicTanh, GELU′). */
+  readonly mlp: MlpForward;
 }
 
 /**
- * Floats of scratch per entry: g, dmid, dO, dq, dAq `[D]` each, dpost `[M]`, dS `[H][T]`,
- * Bv `[H][D]`.
+ * Floats of scratch per entry: g, dmid, dO, dq, dAq `[D]` each, dS `[H][T]`, Bv `[H][D]` (the
+ * MLP half keeps its own).
  */
-function entryFloats(D: number, M: number, H: number, T: number): number {
-  return 5 * D + M + H * T + H * D;
+function entryFloats(D: number, H: number, T: number): number {
+  return 5 * D + H * T + H * D;
 }
 
 /**
@@ -231,23 +157,23 @@ function entryFloats(D: number, M: number, H: number, T: number): number {
  * ```
  */
 export class BlockVjp {
-  readonly #w: BlockWeights;
-  readonly #lib: Loops;
-  readonly #blas: BlasLibrary;
+  readonly #w: AttentionWeights;
+  readonly #mlp: MlpVjp;
+  readonly #native: VjpNative;
   readonly #dims: Dims;
   readonly #maxEntryFloats: number;
   #scratch = new Float32Array(0);
 
   private constructor(
-    w: BlockWeights,
-    lib: Loops,
-    blas: BlasLibrary,
+    w: AttentionWeights,
+    mlp: MlpVjp,
+    native: VjpNative,
     dims: Dims,
     memoryBytes: number,
   ) {
     this.#w = w;
-    this.#lib = lib;
-    this.#blas = blas;
+    this.#mlp = mlp;
+    this.#native = native;
     this.#dims = dims;
     this.#maxEntryFloats = Math.max(1, Math.floor(memoryBytes / 4));
   }
@@ -272,47 +198,26 @@ export class BlockVjp {
     if (!Number.isInteger(layer) || layer < 0 || layer >= c.nLayer) {
       throw new RangeError(`Cannot differentiate block ${layer}: the model has ${c.nLayer}`);
     }
-    const blas = openBlas();
-    if ("error" in blas) return { error: blas.error };
-    let lib: Loops;
-    try {
-      lib = (await loadNative(SOURCE, SYMBOLS)).symbols;
-    } catch (e) {
-      return { error: e instanceof Error ? e.message : String(e) };
-    }
+    const native = await openVjpNative();
+    if ("error" in native) return native;
     const read = async (name: string) =>
       (await model.params.get(`h.${layer}.${name}`)!.data()) as Float32Array;
-    const norm2: BlockWeights["norm2"] = c.mlpNorm === "dyt"
-      ? {
-        kind: "dyt",
-        alpha: (await read("ln_2.alpha"))[0]!,
-        gamma: await read("ln_2.gamma"),
-        beta: await read("ln_2.beta"),
-      }
-      : { kind: "layernorm", gamma: await read("ln_2.weight"), beta: await read("ln_2.bias") };
-    const w: BlockWeights = {
+    const w: AttentionWeights = {
       ln1: { gamma: await read("ln_1.weight"), beta: await read("ln_1.bias") },
       attn: await read("attn.c_attn.weight"),
       attnBias: await read("attn.c_attn.bias"),
       proj: await read("attn.c_proj.weight"),
       projBias: await read("attn.c_proj.bias"),
-      norm2,
-      fc: await read("mlp.c_fc.weight"),
-      fcBias: await read("mlp.c_fc.bias"),
-      mlpProj: await read("mlp.c_proj.weight"),
-      mlpProjBias: await read("mlp.c_proj.bias"),
     };
-    const dims = { D: c.dModel, H: c.nHead, S: c.dModel / c.nHead, M: c.dMlp, eps: c.lnEps };
-    return new BlockVjp(w, lib, blas, dims, memoryBytes);
+    const segment = { layer, norm: true, residual: true };
+    const mlp = await MlpVjp.withNative(model, segment, native, memoryBytes);
+    const dims = { D: c.dModel, H: c.nHead, S: c.dModel / c.nHead, eps: c.lnEps };
+    return new BlockVjp(w, mlp, native, dims, memoryBytes);
   }
 
-  /** C = alpha·A·op(B) + beta·C in OpenBLAS, each matrix a {@link View}. */
+  /** C = alpha·A·op(B) + beta·C in OpenBLAS ({@link product}). */
   #mm(m: number, n: number, k: number, a: View, b: View, c: View, o: Scales = {}): void {
-    this.#blas.sgemm({
-      ...{ transA: false, transB: o.transB ?? false, m, n, k, alpha: o.alpha, beta: o.beta },
-      ...{ a: a[0], aOffset: a[1], lda: a[2], b: b[0], bOffset: b[1], ldb: b[2] },
-      ...{ c: c[0], cOffset: c[1], ldc: c[2] },
-    });
+    product(this.#native.blas, m, n, k, a, b, c, o);
   }
 
   /**
@@ -323,7 +228,7 @@ export class BlockVjp {
    * @throws {RangeError} If `x` is not a whole number of positions.
    */
   forward(x: Float32Array): BlockForward {
-    const { D, M, eps } = this.#dims, w = this.#w, lib = this.#lib;
+    const { D, eps } = this.#dims, w = this.#w, lib = this.#native.lib;
     const T = x.length / D, W = 3 * D;
     if (!Number.isInteger(T) || T < 1) {
       throw new RangeError(`Cannot run a block on ${x.length} values: not a multiple of ${D}`);
@@ -337,19 +242,8 @@ export class BlockVjp {
     const mid = new Float32Array(T * D);
     lib.bv_fill_rows(mid, w.projBias, x, T, D);
     this.#mm(T, D, D, [o, 0, D], [w.proj, 0, D], [mid, 0, D], { beta: 1 });
-    const n2 = w.norm2, ln2 = new Float32Array(T * D), xh2 = new Float32Array(T * D);
-    const rs2 = new Float32Array(n2.kind === "layernorm" ? T : 0);
-    if (n2.kind === "layernorm") lib.bv_layernorm(mid, n2.gamma, n2.beta, eps, T, D, xh2, rs2, ln2);
-    else lib.bv_dyt(mid, n2.alpha, n2.gamma, n2.beta, T * D, D, xh2, ln2);
-    const pre = new Float32Array(T * M);
-    lib.bv_fill_rows(pre, w.fcBias, null, T, M);
-    this.#mm(T, M, D, [ln2, 0, D], [w.fc, 0, M], [pre, 0, M], { beta: 1 });
-    const post = new Float32Array(T * M), geluGrad = new Float32Array(T * M);
-    lib.bv_gelu(pre, T * M, post, geluGrad);
-    const output = new Float32Array(T * D);
-    lib.bv_fill_rows(output, w.mlpProjBias, mid, T, D);
-    this.#mm(T, D, M, [post, 0, M], [w.mlpProj, 0, D], [output, 0, D], { beta: 1 });
-    return { positions: T, output, xh1, rs1, qkv, p, a, xh2, rs2, geluGrad };
+    const mlp = this.#mlp.forward(mid);
+    return { positions: T, output: mlp.output, xh1, rs1, qkv, p, a, mlp };
   }
 
   /**
@@ -366,7 +260,7 @@ export class BlockVjp {
       this.#mm(T, T, S, q, [qkv, D + h * S, W], [p, h * T * T, T], scaled);
       this.#mm(T, D, S, q, [attn, D + h * S, W], [a, h * T * D, D], scaled);
     }
-    this.#lib.bv_causal_softmax(p, H, T);
+    this.#native.lib.bv_causal_softmax(p, H, T);
     for (let h = 0; h < H; h++) {
       this.#mm(T, S, T, [p, h * T * T, T], [qkv, 2 * D + h * S, W], [o, h * S, D]);
     }
@@ -386,10 +280,10 @@ export class BlockVjp {
    * ascending from 0.
    */
   accumulate(f: BlockForward, c: SparseCotangents, out: Float32Array, outOffset: Int32Array): void {
-    const { D, H, M } = this.#dims, T = f.positions, R = outOffset.length;
+    const { D, H } = this.#dims, T = f.positions, R = outOffset.length;
     checkCotangents(c, R, T, D, out.length, outOffset);
     // Rows in groups whose entries' scratch fits the budget (a single row may exceed it).
-    const perEntry = entryFloats(D, M, H, T);
+    const perEntry = entryFloats(D, H, T);
     const most = Math.max(1, Math.floor(this.#maxEntryFloats / perEntry));
     for (let r0 = 0; r0 < R;) {
       let r1 = r0 + 1;
@@ -410,24 +304,18 @@ export class BlockVjp {
 
   /** {@link accumulate} for one group of rows with entries, rowStart from 0. */
   #backward(f: BlockForward, c: SparseCotangents, out: Float32Array, outOffset: Int32Array): void {
-    const { D, H, M } = this.#dims, T = f.positions, w = this.#w, lib = this.#lib;
+    const { D, H } = this.#dims, T = f.positions, w = this.#w, lib = this.#native.lib;
     const pos = c.position, E = pos.length;
-    if (this.#scratch.length < E * entryFloats(D, M, H, T)) {
-      this.#scratch = new Float32Array(E * entryFloats(D, M, H, T));
+    if (this.#scratch.length < E * entryFloats(D, H, T)) {
+      this.#scratch = new Float32Array(E * entryFloats(D, H, T));
     }
     let at = 0;
     const take = (n: number) => this.#scratch.subarray(at, at += E * n);
-    const g = take(D), dpost = take(M), dmid = take(D), dO = take(D), ds = take(H * T);
+    const g = take(D), dmid = take(D), dO = take(D), ds = take(H * T);
     const dq = take(D), dAq = take(D), bv = take(H * D);
     lib.bv_gather(c.vectors, c.vector, E, D, g);
     // MLP and ln_2 (or DynamicTanh) per entry, plus the residual: dmid = g + norm₂ᵀ(MLPᵀ(g)).
-    this.#mm(E, M, D, [g, 0, D], [w.mlpProj, 0, D], [dpost, 0, M], { transB: true });
-    lib.bv_scale_rows(dpost, f.geluGrad, pos, E, M);
-    this.#mm(E, D, M, [dpost, 0, M], [w.fc, 0, M], [dmid, 0, D], { transB: true });
-    const n2 = w.norm2;
-    if (n2.kind === "layernorm") {
-      lib.bv_layernorm_backward(dmid, f.xh2, f.rs2, n2.gamma, pos, E, D, g, dmid);
-    } else lib.bv_dyt_backward(dmid, f.xh2, n2.alpha, n2.gamma, pos, E, D, g, dmid);
+    this.#mlp.backward(f.mlp, g, pos, dmid);
     this.#mm(E, D, D, [dmid, 0, D], [w.proj, 0, D], [dO, 0, D], { transB: true });
     this.#attentionBackward(f, pos, dO, ds, dq, dAq, bv);
     lib.bv_rows(
@@ -457,7 +345,7 @@ export class BlockVjp {
       this.#mm(E, T, S, dOh, [f.qkv, 2 * D + h * S, W], [ds, h * T, H * T], t);
       this.#mm(E, D, S, dOh, [attn, 2 * D + h * S, W], [bv, h * D, H * D], t);
     }
-    this.#lib.bv_softmax_backward(ds, f.p, pos, E, H, T);
+    this.#native.lib.bv_softmax_backward(ds, f.p, pos, E, H, T);
     for (let h = 0; h < H; h++) {
       const k: View = [f.qkv, D + h * S, W];
       this.#mm(E, S, T, [ds, h * T, H * T], k, [dq, h * S, D], { alpha: scale });

@@ -5,19 +5,7 @@ import { GPT, type GPTConfig } from "../model/gpt.ts";
 import { TINY } from "../model/testdata/tiny_gpt.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 import { BlockVjp, type SparseCotangents } from "./block_vjp.ts";
-
-/** A model with every parameter drawn N(0, 0.4) (gains around 1), so no path is trivial. */
-function randomModel(config: GPTConfig, seed: number): GPT {
-  const model = GPT.init(config, seed);
-  const rng = createRng(seed + 1);
-  for (const [name, v] of model.params) {
-    const values = normalArray(rng, v.size, 0.4);
-    if (/ln_.*\.(weight|gamma)$/.test(name)) values.forEach((x, i) => values[i] = 1 + x);
-    if (name.endsWith(".alpha")) values.fill(0.7);
-    v.assign(tf.tensor(values, v.shape));
-  }
-  return model;
-}
+import { randomModel } from "./testdata/random_model.ts";
 
 /** Random rows: row r has up to `most` entries at distinct positions below its own length. */
 function randomRows(
