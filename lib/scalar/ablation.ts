@@ -25,11 +25,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { loadNative, type NativeLibrary } from "../backend/native.ts";
 import { type GPT, LOGITS, skipInputs } from "../model/gpt.ts";
 import type { SaeSet } from "../sae/architectures.ts";
 import { isTokenwisePair, type SaePair } from "../sae/positions.ts";
 import { decode, encode, preActivations, type SaeWeights } from "../sae/sae.ts";
 import { createRng } from "../util/rng.ts";
+import { mlpSegmentOfPair, MlpVjp } from "./mlp_vjp.ts";
 import type { CurvePoint } from "./score.ts";
 
 /** The part of the model between a pair's hooks: `[B, T, D_up]` → `[B, T, D_down]`. */
@@ -194,10 +196,81 @@ export interface MeanCi {
 }
 
 /**
- * The mean of some values with a 95% bootstrap CI, as the reference computes it (R resamples of all
- * N values with replacement, resample means sorted, elements ⌊0.025R⌋ and ⌊0.975R⌋), but seeded:
- * the draws come from `createRng(seed)` alone, so the same values and seed give the same interval,
- * and two series bootstrapped with one seed share their resamples.
+ * The 95% bootstrap CI of a mean, as the reference computes it (R resamples of all N values with
+ * replacement, resample means sorted, elements ⌊0.025R⌋ and ⌊0.975R⌋), but seeded: the draws come
+ * from `createRng(seed)` alone, so the same values and seed give the same interval, and two series
+ * bootstrapped with one seed share their resamples. The resamples' indices are drawn once, so that
+ * an ablation curve's 70 intervals (35 points × 2 curves) each cost a gather, not R · N draws.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { Bootstrap } from "./ablation.ts";
+ * const boot = new Bootstrap(4, 1000, 7);
+ * const ci = boot.meanCi([1, 2, 3, 4]);
+ * equal(ci.mean, 2.5);
+ * equal(ci.low <= 2.5 && 2.5 <= ci.high, true);
+ * ```
+ */
+export class Bootstrap {
+  readonly #n: number;
+  readonly #resamples: number;
+  readonly #indices: Uint16Array | Int32Array;
+
+  /**
+   * Draws the resamples.
+   *
+   * @param n N, the values per series.
+   * @param resamples R.
+   * @param seed Seed of the resampling.
+   * @throws {RangeError} If N or R is not a positive integer.
+   */
+  constructor(n: number, resamples: number, seed: number) {
+    if (!(Number.isSafeInteger(n) && n > 0 && Number.isSafeInteger(resamples) && resamples > 0)) {
+      throw new RangeError(
+        `Cannot bootstrap ${n} values with ${resamples} resamples: need values and a positive count`,
+      );
+    }
+    this.#n = n;
+    this.#resamples = resamples;
+    this.#indices = n <= 65_536 ? new Uint16Array(resamples * n) : new Int32Array(resamples * n);
+    const rng = createRng(seed);
+    for (let i = 0; i < resamples * n; i++) this.#indices[i] = rng.int(n);
+  }
+
+  /**
+   * The mean of N values with its interval.
+   *
+   * @param values The per-token values, N of them.
+   * @returns Mean, low and high.
+   * @throws {RangeError} If there are not N values.
+   */
+  meanCi(values: ArrayLike<number>): MeanCi {
+    const n = this.#n, R = this.#resamples, at = this.#indices;
+    if (values.length !== n) {
+      throw new RangeError(
+        `Cannot bootstrap ${values.length} values: the resamples draw from ${n}`,
+      );
+    }
+    let total = 0;
+    for (let i = 0; i < n; i++) total += values[i]!;
+    const means = new Float64Array(R);
+    for (let r = 0; r < R; r++) {
+      let s = 0;
+      for (let i = r * n; i < (r + 1) * n; i++) s += values[at[i]!]!;
+      means[r] = s / n;
+    }
+    means.sort();
+    return {
+      mean: total / n,
+      low: means[Math.floor(0.025 * R)]!,
+      high: means[Math.floor(0.975 * R)]!,
+    };
+  }
+}
+
+/**
+ * The mean of some values with a 95% bootstrap CI ({@link Bootstrap}, for one series).
  *
  * @param values The per-token values.
  * @param resamples R.
@@ -217,27 +290,7 @@ export function bootstrapMeanCi(
   resamples: number,
   seed: number,
 ): MeanCi {
-  const n = values.length;
-  if (n === 0 || !Number.isSafeInteger(resamples) || resamples <= 0) {
-    throw new RangeError(
-      `Cannot bootstrap ${n} values with ${resamples} resamples: need values and a positive count`,
-    );
-  }
-  let total = 0;
-  for (let i = 0; i < n; i++) total += values[i]!;
-  const rng = createRng(seed);
-  const means = new Float64Array(resamples);
-  for (let r = 0; r < resamples; r++) {
-    let s = 0;
-    for (let i = 0; i < n; i++) s += values[rng.int(n)]!;
-    means[r] = s / n;
-  }
-  means.sort();
-  return {
-    mean: total / n,
-    low: means[Math.floor(0.025 * resamples)]!,
-    high: means[Math.floor(0.975 * resamples)]!,
-  };
+  return new Bootstrap(values.length, resamples, seed).meanCi(values);
 }
 
 /** What a subcircuit is built from. */
@@ -250,6 +303,16 @@ export interface SubcircuitOptions {
   k: number;
   /** The model part between the pair's hooks. */
   segment: Segment;
+  /**
+   * The same segment on the host, for the tokenwise passes: x̂ rows `[R][D_up]` → `[R][D_down]`
+   * (`ablationCurve` gives an MLP pair's, from `mlp_vjp.ts`). @default `segment`, in tfjs
+   */
+  hostSegment?: (xHat: Float32Array) => Float32Array;
+  /**
+   * Decode the tokenwise passes' rows in the native loop (`subcircuit.c`) where it builds; false
+   * keeps the TypeScript loop it is tested against. @default true
+   */
+  nativeDecode?: boolean;
   /** Clean upstream features `[P, T, F_up]` (read once; the caller keeps and disposes it). */
   z0: tf.Tensor3D;
   /**
@@ -296,6 +359,29 @@ interface Encoder {
 
 /** Most nonzero upstream features per token for per-token sharing (one bit each in a Uint32). */
 const MAX_TOKENWISE_ACTIVE = 32;
+
+/** The loop of `subcircuit.c`, as `Deno.dlopen` symbols. */
+const DECODE_SYMBOLS = {
+  sc_decode_rows: {
+    parameters: [
+      ...["buffer", "i32", "i32", "buffer", "buffer", "buffer", "buffer", "buffer", "i32"],
+      "buffer",
+    ],
+    result: "void",
+  },
+} as const;
+
+type DecodeKernel = NativeLibrary<typeof DECODE_SYMBOLS>["symbols"]["sc_decode_rows"];
+
+/** The native decode where it builds (a compiler is present), else undefined. */
+async function decodeKernel(): Promise<DecodeKernel | undefined> {
+  try {
+    const source = new URL("./subcircuit.c", import.meta.url);
+    return (await loadNative(source, DECODE_SYMBOLS)).symbols.sc_decode_rows;
+  } catch {
+    return undefined; // the TypeScript loop decodes instead, with the same values
+  }
+}
 
 /**
  * The subcircuit of a growing set of kept edges, assembled incrementally: add edges with
@@ -355,8 +441,14 @@ export class Subcircuit {
   #emptyPre: Float32Array | undefined;
   #decoder: Float32Array | undefined;
   #encoder: Encoder | undefined;
+  readonly #decodeKernel: DecodeKernel | undefined;
 
-  private constructor(o: SubcircuitOptions, dense: Float32Array) {
+  private constructor(
+    o: SubcircuitOptions,
+    dense: Float32Array,
+    kernel: DecodeKernel | undefined,
+  ) {
+    this.#decodeKernel = kernel;
     const [P, T, fUp] = o.z0.shape;
     const dims = tf.tidy(() => {
       const up = o.up(), down = o.down();
@@ -440,7 +532,8 @@ export class Subcircuit {
    * @throws {RangeError} If z0 does not fit the upstream SAE or the batch size is not positive.
    */
   static async create(o: SubcircuitOptions): Promise<Subcircuit> {
-    return new Subcircuit(o, (await o.z0.data()) as Float32Array);
+    const kernel = o.tokenwise && o.nativeDecode !== false ? await decodeKernel() : undefined;
+    return new Subcircuit(o, (await o.z0.data()) as Float32Array, kernel);
   }
 
   /**
@@ -492,7 +585,7 @@ export class Subcircuit {
       : this.#tokenwisePasses(decoder);
     this.lastPositions = 0;
     // Keep one pass in flight while the previous one is read (overlaps device and host work).
-    let pending: { pass: Pass; values: tf.Tensor } | undefined;
+    let pending: { pass: Pass; values: tf.Tensor | Float32Array } | undefined;
     for (const pass of passes) {
       this.lastPositions += pass.shape[0] * pass.shape[1];
       const next = { pass, values: this.#run(pass) };
@@ -656,12 +749,20 @@ export class Subcircuit {
       this.#stamp.fill(0);
       this.#epoch = 1;
     }
+    const tok = Int32Array.from(rowTok), bitsOf = Uint32Array.from(rowBits);
     for (const [c, pass] of passes.entries()) {
       const first = c * rowsPerPass, rows = Math.min(rowsPerPass, rowTok.length - first);
       const xHat = new Float32Array(rows * dUp);
-      for (let r = 0; r < rows; r++) {
-        const t = rowTok[first + r]!, bits = rowBits[first + r]!, from = this.#rowPtr[t]!;
-        this.#decodeRow(decoder, t, (q) => ((bits >>> (q - from)) & 1) === 1, xHat, r * dUp);
+      if (this.#decodeKernel) {
+        this.#decodeKernel(
+          ...[decoder, this.fUp, dUp, this.#rowPtr, this.#cols, this.#vals] as const,
+          ...[tok.subarray(first), bitsOf.subarray(first), rows, xHat] as const,
+        );
+      } else {
+        for (let r = 0; r < rows; r++) {
+          const t = tok[first + r]!, bits = bitsOf[first + r]!, from = this.#rowPtr[t]!;
+          this.#decodeRow(decoder, t, (q) => ((bits >>> (q - from)) & 1) === 1, xHat, r * dUp);
+        }
       }
       yield { ...pass, xHat, shape: [rows, 1] };
     }
@@ -680,9 +781,10 @@ export class Subcircuit {
     return data;
   }
 
-  /** Starts one pass: the segment's output, `[R, D_down]`. */
-  #run(pass: Pass): tf.Tensor {
+  /** Starts one pass: the segment's output, `[R, D_down]` (on the host where it runs there). */
+  #run(pass: Pass): tf.Tensor | Float32Array {
     const [B, T] = pass.shape;
+    if (this.mode === "tokenwise" && this.#o.hostSegment) return this.#o.hostSegment(pass.xHat);
     return tf.tidy(() => {
       const xHat = tf.tensor3d(pass.xHat, [B, T, this.#dims.dUp]);
       return this.#o.segment(xHat).reshape([B * T, this.#dims.dDown]);
@@ -690,9 +792,13 @@ export class Subcircuit {
   }
 
   /** Reads one pass's output and puts its needed pre-activations, (y − b_dec)·W_enc[:, j] + b_enc[j]. */
-  async #store(pass: Pass, values: tf.Tensor, encoder: Encoder): Promise<void> {
-    const y = (await values.data()) as Float32Array;
-    values.dispose();
+  async #store(pass: Pass, values: tf.Tensor | Float32Array, encoder: Encoder): Promise<void> {
+    let y: Float32Array;
+    if (values instanceof Float32Array) y = values;
+    else {
+      y = (await values.data()) as Float32Array;
+      values.dispose();
+    }
     const { dDown: D } = this.#dims, fDown = this.fDown, { wT, bEnc, bDec } = encoder;
     for (let r = 0; r < y.length / D; r++) {
       for (let d = 0; d < D; d++) y[r * D + d]! -= bDec[d]!;
@@ -761,6 +867,19 @@ export async function subcircuitFeatures(
     return data;
   }
   return await sub.features();
+}
+
+/**
+ * An MLP pair's segment on the host (`mlp_vjp.ts`'s forward: OpenBLAS and native loops), for the
+ * tokenwise passes; undefined for other pairs or where the loops do not open (tfjs runs them).
+ */
+async function hostSegment(
+  model: GPT,
+  pair: SaePair,
+): Promise<((xHat: Float32Array) => Float32Array) | undefined> {
+  const segment = mlpSegmentOfPair(pair);
+  const vjp = segment && await MlpVjp.open(model, segment);
+  return vjp && !("error" in vjp) ? (xHat) => vjp.run(xHat) : undefined;
 }
 
 /** Inputs of {@link ablationCurve}. */
@@ -859,6 +978,7 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
     down: () => saes.weights(pair.down),
     k,
     segment,
+    hostSegment: tokenwise ? await hostSegment(model, pair) : undefined,
     z0: undefined as unknown as tf.Tensor3D, // set below
     batchSequences,
     tokenwise,
@@ -938,6 +1058,7 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
     };
 
     const curve: CurvePoint[] = [];
+    const boot = new Bootstrap(N, resamples, o.bootstrap.seed);
     let kept = 0;
     for (const n of counts) {
       const started = performance.now();
@@ -953,8 +1074,8 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
         note = `${sub.lastConnected} features connected, ${sub.lastPositions} positions through ` +
           `the segment (${sub.mode}${sub.mode === "grouped" ? `, ${sub.lastGroups} groups` : ""})`;
       }
-      const m = bootstrapMeanCi(klPerToken(modelLogP, logQ, V), resamples, o.bootstrap.seed);
-      const f = bootstrapMeanCi(klPerToken(fullLogP, logQ, V), resamples, o.bootstrap.seed);
+      const m = boot.meanCi(klPerToken(modelLogP, logQ, V));
+      const f = boot.meanCi(klPerToken(fullLogP, logQ, V));
       curve.push({
         n,
         klModel: m.mean,

@@ -7,6 +7,7 @@ import { decode, encode, type SaeWeights } from "../sae/sae.ts";
 import { createRng } from "../util/rng.ts";
 import {
   ablationCurve,
+  Bootstrap,
   bootstrapMeanCi,
   klPerToken,
   modelSegment,
@@ -67,6 +68,28 @@ Deno.test("bootstrapMeanCi() brackets the mean and is reproducible from its seed
   assert.throws(() => bootstrapMeanCi([], 10, 0), /Cannot bootstrap 0 values/);
 });
 
+Deno.test("Bootstrap draws its resamples once: every series gets the seed's own draws", () => {
+  const rng = createRng(12);
+  const series = [0, 1, 2].map(() => Float64Array.from({ length: 300 }, () => rng.uniform()));
+  // The reference's loop, drawing afresh from the seed for each series.
+  const drawn = (values: Float64Array, R: number, seed: number) => {
+    const draw = createRng(seed), means = new Float64Array(R), n = values.length;
+    for (let r = 0; r < R; r++) {
+      let sum = 0;
+      for (let i = 0; i < n; i++) sum += values[draw.int(n)]!;
+      means[r] = sum / n;
+    }
+    means.sort();
+    return [means[Math.floor(0.025 * R)], means[Math.floor(0.975 * R)]];
+  };
+  const boot = new Bootstrap(300, 400, 5);
+  for (const values of series) {
+    const ci = boot.meanCi(values);
+    assert.deepEqual([ci.low, ci.high], drawn(values, 400, 5));
+  }
+  assert.throws(() => boot.meanCi(series[0]!.subarray(1)), /Cannot bootstrap 299 values/);
+});
+
 /**
  * A hand-built 3 × 3 pair at width 2: upstream decoder rows [1, 0], [0, 1], [1, 1] with b_dec
  * [0.5, 0]; the segment doubles; downstream pre-activations (y − [0.25, 0])·W_enc + b_enc with
@@ -99,10 +122,12 @@ function handPair(k: number) {
 
 const edge = (i: number, j: number) => i * 3 + j;
 
-for (const tokenwise of [false, true]) {
+// Tokenwise passes decode in subcircuit.c, or in the TypeScript loop it is held to.
+for (const [tokenwise, nativeDecode] of [[false, true], [true, true], [true, false]]) {
   const mode = tokenwise ? "tokenwise" : "grouped";
+  const name = tokenwise && !nativeDecode ? "tokenwise, TypeScript decode" : mode;
 
-  Deno.test(`subcircuitFeatures() of a hand-built 3 x 3 pair equals the hand computation (${mode})`, async () => {
+  Deno.test(`subcircuitFeatures() of a hand-built 3 x 3 pair equals the hand computation (${name})`, async () => {
     const before = tf.memory().numTensors;
     // Kept: (0,0), (1,0), (2,1). U₀ = {0, 1}, U₁ = {2}, feature 2 has no edge.
     // j = 0, token 0: z_U = [1, 2, 0] → x̂ = [1.5, 2] → y = [3, 4] → pre₀ = 3 − 0.25 = 2.75;
@@ -110,11 +135,11 @@ for (const tokenwise of [false, true]) {
     // j = 1, token 0: z_U = 0 → x̂ = b_dec = [0.5, 0] → y = [1, 0] → pre₁ = 0 − 1 = −1;
     //        token 1: z_U = [0, 0, 1] → x̂ = [1.5, 1] → y = [3, 2] → pre₁ = 2 − 1 = 1.
     const kept = [edge(0, 0), edge(1, 0), edge(2, 1)];
-    const k3 = { ...handPair(3), tokenwise };
+    const k3 = { ...handPair(3), tokenwise, nativeDecode };
     // k = 3 keeps everything: the negative pre-activation survives (no ReLU).
     closeArrays(await subcircuitFeatures({ ...k3, kept }), [2.75, -1, 0, 0.75, 1, 0]);
     k3.dispose();
-    const k2 = { ...handPair(2), tokenwise };
+    const k2 = { ...handPair(2), tokenwise, nativeDecode };
     // k = 2: token 0 keeps 2.75 and the edge-less 0 (0 > −1).
     closeArrays(await subcircuitFeatures({ ...k2, kept }), [2.75, 0, 0, 0.75, 1, 0]);
     // Nothing kept: every downstream feature is 0.
@@ -123,11 +148,11 @@ for (const tokenwise of [false, true]) {
     assert.equal(tf.memory().numTensors, before);
   });
 
-  Deno.test(`all edges: the full circuit unchanged; the assembly differs by ReLU (${mode})`, async () => {
+  Deno.test(`all edges: the full circuit unchanged; the assembly differs by ReLU (${name})`, async () => {
     const all = Array.from({ length: 9 }, (_, e) => e);
     // Full circuit: token 0: x̂ = [1.5, 2] → y = [3, 4] → pre = [2.75, 3, −1.45];
     //               token 1: x̂ = [1.5, 4] → y = [3, 8] → pre = [2.75, 7, −5.45].
-    const o = { ...handPair(3), tokenwise };
+    const o = { ...handPair(3), tokenwise, nativeDecode };
     const full = await subcircuitFeatures({ ...o, kept: all });
     closeArrays(full, [2.75, 3, 0, 2.75, 7, 0]);
     const z1 = tf.tidy(() => {
@@ -144,8 +169,8 @@ for (const tokenwise of [false, true]) {
     o.dispose();
   });
 
-  Deno.test(`Subcircuit recomputes only what changed (${mode})`, async () => {
-    const o = { ...handPair(3), tokenwise };
+  Deno.test(`Subcircuit recomputes only what changed (${name})`, async () => {
+    const o = { ...handPair(3), tokenwise, nativeDecode };
     const sub = await Subcircuit.create(o);
     // Active features: token 0 {0, 1}, token 1 {1, 2}. Positions run, per call:
     // grouped: 2 groups × 2 tokens; tokenwise: (t0, {0}), (t0, {1}), (t1, {1}) — feature 0 at t1

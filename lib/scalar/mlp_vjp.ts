@@ -155,6 +155,7 @@ export class MlpVjp {
   readonly #M: number;
   readonly #maxEntries: number;
   #scratch = new Float32Array(0);
+  #runScratch = new Float32Array(0);
 
   private constructor(
     w: MlpWeights,
@@ -226,29 +227,49 @@ export class MlpVjp {
    * @throws {RangeError} If `x` is not a whole number of positions.
    */
   forward(x: Float32Array): MlpForward {
+    return this.#forward(x, (n) => new Float32Array(n));
+  }
+
+  /**
+   * Only the segment's output on T positions, its intermediates in scratch reused from call to
+   * call: for many passes whose backward is never taken (the ablation curve's).
+   *
+   * @param x The segment's input `[T][D]`, T ≥ 1.
+   * @returns The output `[T][D]` (a new array).
+   * @throws {RangeError} If `x` is not a whole number of positions.
+   */
+  run(x: Float32Array): Float32Array {
+    let at = 0;
+    const need = 2 * x.length + x.length / this.#D + 2 * (x.length / this.#D) * this.#M;
+    if (this.#runScratch.length < need) this.#runScratch = new Float32Array(need);
+    const scratch = (n: number) => this.#runScratch.subarray(at, at += n);
+    return this.#forward(x, scratch, new Float32Array(x.length)).output;
+  }
+
+  /** {@link forward} with its arrays from `take`, the output in `output` when given. */
+  #forward(x: Float32Array, take: (n: number) => Float32Array, output?: Float32Array): MlpForward {
     const D = this.#D, M = this.#M, w = this.#w, { lib, blas } = this.#native;
     const T = x.length / D;
     if (!Number.isInteger(T) || T < 1) {
       throw new RangeError(`Cannot run an MLP on ${x.length} values: not a multiple of ${D}`);
     }
     const n = w.norm;
-    let normed = x, xh = new Float32Array(0), rs = new Float32Array(0);
+    let normed = x, xh: Float32Array = new Float32Array(0), rs: Float32Array = new Float32Array(0);
     if (n !== undefined) {
-      normed = new Float32Array(T * D);
-      xh = new Float32Array(T * D);
+      normed = take(T * D);
+      xh = take(T * D);
       if (n.kind === "layernorm") {
-        rs = new Float32Array(T);
+        rs = take(T);
         lib.bv_layernorm(x, n.gamma, n.beta, n.eps, T, D, xh, rs, normed);
       } else lib.bv_dyt(x, n.alpha, n.gamma, n.beta, T * D, D, xh, normed);
     }
-    const pre = new Float32Array(T * M), geluGrad = new Float32Array(T * M);
+    const pre = take(T * M), geluGrad = take(T * M), out = output ?? take(T * D);
     lib.bv_fill_rows(pre, w.fcBias, null, T, M);
     product(blas, T, M, D, [normed, 0, D], [w.fc, 0, M], [pre, 0, M], { beta: 1 });
     lib.bv_gelu(pre, T * M, pre, geluGrad); // in place: each value is read before it is written
-    const output = new Float32Array(T * D);
-    lib.bv_fill_rows(output, w.projBias, this.#residual ? x : null, T, D);
-    product(blas, T, D, M, [pre, 0, M], [w.proj, 0, D], [output, 0, D], { beta: 1 });
-    return { positions: T, output, xh, rs, geluGrad };
+    lib.bv_fill_rows(out, w.projBias, this.#residual ? x : null, T, D);
+    product(blas, T, D, M, [pre, 0, M], [w.proj, 0, D], [out, 0, D], { beta: 1 });
+    return { positions: T, output: out, xh, rs, geluGrad };
   }
 
   /**

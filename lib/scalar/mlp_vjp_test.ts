@@ -67,6 +67,9 @@ for (const [config, c] of CONFIGS) {
           const y = tf.tidy(() => segment(model, up, down)(tf.tensor3d(x, [T, 1, D])));
           assertRelClose(f.output, (await y.data()) as Float32Array, 1e-5, `${config}: forward`);
           y.dispose();
+          // run(): the same output, its scratch reused across calls of other sizes.
+          assert.deepEqual(vjp.run(x.subarray(0, 2 * D)), f.output.subarray(0, 2 * D));
+          assert.deepEqual(vjp.run(x), f.output);
           const before = normalArray(createRng(8), E * D, 1), out = before.slice();
           vjp.accumulate(f, entries, out, slot.map((s) => s * D));
           const got = new Float32Array(E * D);
