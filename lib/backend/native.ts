@@ -19,6 +19,9 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { defaultCacheDir } from "../util/cache_dir.ts";
 
+/** `exp_vec.c`: a vectorisable e^x, the prelude of the kernels with a GELU (see its comment). */
+export const EXP_VEC_SOURCE: URL = new URL("./exp_vec.c", import.meta.url);
+
 /** The compiler flags every native library is built with (before `-o`). */
 export const NATIVE_FLAGS: readonly string[] = [
   "-O3",
@@ -38,6 +41,12 @@ export interface NativeOptions {
   compiler?: string;
   /** The cache directory. @default {defaultCacheDir()} */
   cacheDir?: string;
+  /**
+   * C sources compiled ahead of this one, in the same unit: helpers several libraries share
+   * (`static inline` functions, e.g. `lib/backend/exp_vec.c`), since the compiler reads the source
+   * from stdin and cannot resolve an `#include` beside it. Part of the build's name. @default []
+   */
+  prelude?: readonly (string | URL)[];
 }
 
 /**
@@ -94,11 +103,14 @@ export async function loadNative<const S extends Deno.ForeignLibraryInterface>(
 ): Promise<NativeLibrary<S>> {
   const compiler = options.compiler ?? (Deno.env.get("CC") || "cc");
   const name = String(source).replace(/^.*\//, "").replace(/\.c$/, "");
-  let code: string;
-  try {
-    code = await Deno.readTextFile(source);
-  } catch (e) {
-    throw new NativeError(`Cannot read native source "${source}": ${messageOf(e)}`);
+  // Each part under a `#line` of its own file, so that compiler messages name it.
+  let code = "";
+  for (const part of [...options.prelude ?? [], source]) {
+    try {
+      code += `#line 1 "${filePath(part)}"\n${await Deno.readTextFile(part)}\n`;
+    } catch (e) {
+      throw new NativeError(`Cannot read native source "${part}": ${messageOf(e)}`);
+    }
   }
   const key = createHash("sha256")
     .update([code, compiler, ...NATIVE_FLAGS, await cpuSignature()].join("\0"))
@@ -130,15 +142,15 @@ export async function loadNative<const S extends Deno.ForeignLibraryInterface>(
 
 // Compiles into a temporary file beside the target, then renames it into place (atomic on one
 // file system): a concurrent process sees either no library or a whole one. The compiler reads the
-// text that was hashed, from stdin, not the file, which may have changed since; `#line` keeps the
-// file's name in its messages.
+// text that was hashed, from stdin, not the files, which may have changed since; their `#line`s
+// keep the files' names in its messages.
 async function compile(
   code: string,
   source: string | URL,
   compiler: string,
   path: string,
 ): Promise<void> {
-  const sourcePath = source instanceof URL ? decodeURIComponent(source.pathname) : source;
+  const sourcePath = filePath(source);
   const dir = path.slice(0, path.lastIndexOf("/"));
   try {
     await Deno.mkdir(dir, { recursive: true });
@@ -160,7 +172,7 @@ async function compile(
       stderr: "piped",
     }).spawn();
     const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(`#line 1 "${sourcePath}"\n${code}`));
+    await writer.write(new TextEncoder().encode(code));
     await writer.close();
     output = await child.output();
   } catch (e) {
@@ -202,6 +214,10 @@ async function exists(path: string): Promise<boolean> {
     if (e instanceof Deno.errors.NotFound) return false;
     throw new NativeError(`Cannot read the native cache "${path}": ${messageOf(e)}`);
   }
+}
+
+function filePath(source: string | URL): string {
+  return source instanceof URL ? decodeURIComponent(source.pathname) : source;
 }
 
 function messageOf(e: unknown): string {

@@ -44,6 +44,25 @@ Deno.test("loadNative compiles once per source into the cache and reuses the bui
   });
 });
 
+Deno.test("loadNative compiles a prelude ahead of the source, and names a build by both", async () => {
+  await withSource("int twice(int x) { return times(x, 2); }\n", async (source, cacheDir) => {
+    const prelude = source.replace(/twice\.c$/, "times.c");
+    await Deno.writeTextFile(prelude, "static inline int times(int x, int y) { return x * y; }\n");
+    const a = await loadNative(source, SYMBOLS, { cacheDir, prelude: [prelude] });
+    equal(a.symbols.twice(21), 42);
+    // An edited prelude is another library; the compiler's messages name the prelude's file.
+    await Deno.writeTextFile(
+      prelude,
+      "static inline int times(int x, int y) { return x * y + 1; }\n",
+    );
+    const b = await loadNative(source, SYMBOLS, { cacheDir, prelude: [prelude] });
+    notEqual(b.path, a.path);
+    equal(b.symbols.twice(21), 43);
+    await Deno.writeTextFile(prelude, "static inline int times(int x, int y) { return x * y }\n");
+    await rejects(loadNative(source, SYMBOLS, { cacheDir, prelude: [prelude] }), /times\.c:1:/);
+  });
+});
+
 Deno.test("loadNative names the compiler command and the package when cc is missing", async () => {
   await withSource("int twice(int x) { return 2 * x; }\n", async (source, cacheDir) => {
     await rejects(

@@ -526,12 +526,18 @@ void jsae_gelu(const float *x, int32_t n, int32_t d, const float *w_fc, const fl
   for (int32_t b = 0; b < blocks; b++) {
     int32_t rows = (b + 1) * GEMM_ROWS < n ? GEMM_ROWS : n - b * GEMM_ROWS;
     gemm_rows(0, 0, b * GEMM_ROWS, rows, m, d, 1.0f, x, d, w_fc, m, 0.0f, g, m);
-    for (int64_t e = (int64_t)b * GEMM_ROWS * m; e < ((int64_t)b * GEMM_ROWS + rows) * m; e++) {
-      float z = g[e] + b_fc[e % m];
-      float z2 = z * z;
-      float s = 1.0f / (1.0f + expf(-(z * (z2 * (c2 * a) + c2))));
-      float w = (z * (1.0f - s)) * (z2 * (3.0f * a * c2) + c2);
-      g[e] = s * (w + 1.0f);
+    for (int32_t r = 0; r < rows; r++) {
+      float *gr = g + ((int64_t)b * GEMM_ROWS + r) * m;
+#pragma omp simd
+      for (int32_t j = 0; j < m; j++) {
+        const float z = gr[j] + b_fc[j], z2 = z * z;
+        /* exp_vec (lib/backend/exp_vec.c, compiled ahead of this file) on ±80; σ saturates past. */
+        const float y = -(z * (z2 * (c2 * a) + c2));
+        const float inside = y > 80.0f ? 80.0f : y < -80.0f ? -80.0f : y;
+        const float s = y > 80.0f ? 0.0f : y < -80.0f ? 1.0f : 1.0f / (1.0f + exp_vec(inside));
+        const float w = (z * (1.0f - s)) * (z2 * (3.0f * a * c2) + c2);
+        gr[j] = s * (w + 1.0f);
+      }
     }
   }
   blas_restore(saved);

@@ -12,7 +12,7 @@
  *
  *   dx_e = [g_e] + normᵀ(((g_e·W_projᵀ) ∘ GELU′[i_e])·W_fcᵀ)      (E × D·M, twice)
  *
- * 4·D·M FLOPs per entry (131k at the toy widths, D 64, M 256), where autodiff of the segment
+ * 4·D·M FLOPs per entry (65.5k at the toy widths, D 64, M 256), where autodiff of the segment
  * pays that plus its per-op dispatch and intermediates on every row.
  *
  * Dimensions: T positions, D d_model, M MLP width, E entries.

@@ -6,7 +6,7 @@
  * @module
  */
 import { type BlasLibrary, openBlas } from "../backend/blas.ts";
-import { loadNative, type NativeLibrary } from "../backend/native.ts";
+import { EXP_VEC_SOURCE, loadNative, type NativeLibrary } from "../backend/native.ts";
 
 /** The loops of `block_vjp.c`, as `Deno.dlopen` symbols. */
 const SYMBOLS = {
@@ -80,7 +80,10 @@ export async function openVjpNative(): Promise<VjpNative | { error: string }> {
   const blas = openBlas();
   if ("error" in blas) return { error: blas.error };
   try {
-    return { lib: (await loadNative(SOURCE, SYMBOLS)).symbols, blas };
+    return {
+      lib: (await loadNative(SOURCE, SYMBOLS, { prelude: [EXP_VEC_SOURCE] })).symbols,
+      blas,
+    };
   } catch (e) {
     return { error: e instanceof Error ? e.message : String(e) };
   }
