@@ -31,6 +31,7 @@ import type { SaeSet } from "../sae/architectures.ts";
 import { isTokenwisePair, type SaePair } from "../sae/positions.ts";
 import { decode, encode, preActivations, type SaeWeights } from "../sae/sae.ts";
 import { createRng } from "../util/rng.ts";
+import { blockOfPair, BlockVjp } from "./block_vjp.ts";
 import { mlpSegmentOfPair, MlpVjp } from "./mlp_vjp.ts";
 import type { CurvePoint } from "./score.ts";
 
@@ -304,10 +305,11 @@ export interface SubcircuitOptions {
   /** The model part between the pair's hooks. */
   segment: Segment;
   /**
-   * The same segment on the host, for the tokenwise passes: x̂ rows `[R][D_up]` → `[R][D_down]`
-   * (`ablationCurve` gives an MLP pair's, from `mlp_vjp.ts`). @default `segment`, in tfjs
+   * The same segment on the host: x̂ of `sequences` sequences `[sequences · T][D_up]` →
+   * `[sequences · T][D_down]` (a tokenwise pass: T = 1). `ablationCurve` gives an MLP pair's
+   * (`mlp_vjp.ts`) and a block pair's (`block_vjp.ts`). @default `segment`, in tfjs
    */
-  hostSegment?: (xHat: Float32Array) => Float32Array;
+  hostSegment?: (xHat: Float32Array, sequences: number) => Float32Array;
   /**
    * Decode the tokenwise passes' rows in the native loop (`subcircuit.c`) where it builds; false
    * keeps the TypeScript loop it is tested against. @default true
@@ -784,7 +786,7 @@ export class Subcircuit {
   /** Starts one pass: the segment's output, `[R, D_down]` (on the host where it runs there). */
   #run(pass: Pass): tf.Tensor | Float32Array {
     const [B, T] = pass.shape;
-    if (this.mode === "tokenwise" && this.#o.hostSegment) return this.#o.hostSegment(pass.xHat);
+    if (this.#o.hostSegment) return this.#o.hostSegment(pass.xHat, B);
     return tf.tidy(() => {
       const xHat = tf.tensor3d(pass.xHat, [B, T, this.#dims.dUp]);
       return this.#o.segment(xHat).reshape([B * T, this.#dims.dDown]);
@@ -870,16 +872,23 @@ export async function subcircuitFeatures(
 }
 
 /**
- * An MLP pair's segment on the host (`mlp_vjp.ts`'s forward: OpenBLAS and native loops), for the
- * tokenwise passes; undefined for other pairs or where the loops do not open (tfjs runs them).
+ * A pair's segment on the host, OpenBLAS and native loops: an MLP pair's (`mlp_vjp.ts`) or a
+ * block pair's (`block_vjp.ts`, the fused attention kernel per sequence); undefined for other
+ * pairs or where the loops do not open (tfjs runs the passes).
  */
 async function hostSegment(
   model: GPT,
   pair: SaePair,
-): Promise<((xHat: Float32Array) => Float32Array) | undefined> {
-  const segment = mlpSegmentOfPair(pair);
-  const vjp = segment && await MlpVjp.open(model, segment);
-  return vjp && !("error" in vjp) ? (xHat) => vjp.run(xHat) : undefined;
+): Promise<((xHat: Float32Array, sequences: number) => Float32Array) | undefined> {
+  const mlp = mlpSegmentOfPair(pair), block = blockOfPair(pair);
+  if (mlp !== undefined) {
+    const vjp = await MlpVjp.open(model, mlp);
+    if (!("error" in vjp)) return (xHat) => vjp.run(xHat);
+  } else if (block !== undefined) {
+    const vjp = await BlockVjp.open(model, block);
+    if (!("error" in vjp)) return (xHat, sequences) => vjp.run(xHat, sequences);
+  }
+  return undefined;
 }
 
 /** Inputs of {@link ablationCurve}. */
@@ -907,6 +916,12 @@ export interface AblationCurveOptions {
    * @default isTokenwisePair(pair)
    */
   tokenwise?: boolean;
+  /**
+   * Run the segment passes and the rows' decoding on the host where the native loops build (MLP
+   * and block pairs); false keeps them in tfjs and TypeScript, the reference the tests hold the
+   * native path to. @default true
+   */
+  native?: boolean;
   /** Where progress lines go. @default a line on stderr */
   log?: (line: string) => void;
 }
@@ -978,7 +993,8 @@ export async function ablationCurve(o: AblationCurveOptions): Promise<CurvePoint
     down: () => saes.weights(pair.down),
     k,
     segment,
-    hostSegment: tokenwise ? await hostSegment(model, pair) : undefined,
+    hostSegment: o.native === false ? undefined : await hostSegment(model, pair),
+    nativeDecode: o.native !== false,
     z0: undefined as unknown as tf.Tensor3D, // set below
     batchSequences,
     tokenwise,

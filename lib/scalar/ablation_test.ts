@@ -15,6 +15,9 @@ import {
   subcircuitFeatures,
   topkNoRelu,
 } from "./ablation.ts";
+import { BlockVjp } from "./block_vjp.ts";
+import { randomModel } from "./testdata/random_model.ts";
+import { MlpVjp } from "./mlp_vjp.ts";
 import { edgeCounts, rankEdges } from "./ranking.ts";
 import { TINY } from "../model/testdata/tiny_gpt.ts";
 
@@ -276,6 +279,19 @@ for (
         /Cannot share work per token .* mixes positions/,
       );
     }
+    // The native segment passes and decoding (MLP and block pairs) against tfjs and TypeScript.
+    // Relative to each value, not to max(1, value): these KLs are 1e-6 to 1e-2, computed from
+    // float32 log-probabilities (a few 1e-4 relative between the two paths at the smallest).
+    const reference = await ablationCurve({ ...base, counts, batchSequences: 3, native: false });
+    reference.forEach((r, i) => {
+      for (const key of ["klModel", "klFullLow"] as const) {
+        const want = r[key], got = curve[i]![key];
+        assert.ok(
+          Math.abs(got - want) <= 1e-2 * want + 1e-9,
+          `n ${r.n} ${key}: ${got} vs ${want}`,
+        );
+      }
+    });
     const mid = counts[Math.floor(counts.length / 2)]!;
     const [alone] = await ablationCurve({ ...base, counts: [mid], batchSequences: 1 });
     const inCurve = curve.find((p) => p.n === mid)!;
@@ -288,6 +304,44 @@ for (
     model.dispose();
   });
 }
+
+Deno.test("subcircuitFeatures() on the host segment equals tfjs's (mlp-block, block)", async () => {
+  for (const position of ["mlp-block", "block"] as const) {
+    const { model: init, saes, tokens, pairs } = setup(position);
+    // Drawn weights: a fresh init's attention is near uniform whatever its scale.
+    init.dispose();
+    const model = randomModel(TINY, 3);
+    const pair = pairs[1]!, prompts = 3, T = TINY.nCtx;
+    const ids = tf.tensor2d(tokens.subarray(0, prompts * T), [prompts, T], "int32");
+    const z0 = tf.tidy(() => {
+      const x = model.run({ tokens: ids, stopAt: pair.up }).output.reshape([-1, TINY.dModel]);
+      return encode(saes.weights(pair.up), x as tf.Tensor2D, 2).reshape([prompts, T, 6]);
+    }) as tf.Tensor3D;
+    const layer = pair.layer;
+    const vjp = position === "block"
+      ? await BlockVjp.open(model, layer)
+      : await MlpVjp.open(model, { layer, norm: true, residual: true });
+    if ("error" in vjp) throw new Error(vjp.error);
+    const o = {
+      up: () => saes.weights(pair.up),
+      down: () => saes.weights(pair.down),
+      k: 2,
+      segment: modelSegment(model, pair),
+      z0,
+      batchSequences: 2,
+      kept: order(6, 6).subarray(0, 13),
+    };
+    const host = (x: Float32Array, sequences: number) =>
+      vjp instanceof BlockVjp ? vjp.run(x, sequences) : vjp.run(x);
+    const want = await subcircuitFeatures(o);
+    const got = await subcircuitFeatures({ ...o, hostSegment: host });
+    assert.ok(want.some((v) => v !== 0), position);
+    closeArrays(got, want, 1e-5);
+    tf.dispose([ids, z0]);
+    saes.dispose();
+    model.dispose();
+  }
+});
 
 Deno.test("ablationCurve() at mlp equals the subcircuit spliced in by hand", async () => {
   const { model, saes, tokens, pairs } = setup("mlp");

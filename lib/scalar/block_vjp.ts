@@ -163,6 +163,7 @@ export class BlockVjp {
   readonly #dims: Dims;
   readonly #maxEntryFloats: number;
   #scratch = new Float32Array(0);
+  #runScratch = new Float32Array(0);
 
   private constructor(
     w: AttentionWeights,
@@ -244,6 +245,40 @@ export class BlockVjp {
     this.#mm(T, D, D, [o, 0, D], [w.proj, 0, D], [mid, 0, D], { beta: 1 });
     const mlp = this.#mlp.forward(mid);
     return { positions: T, output: mlp.output, xh1, rs1, qkv, p, a, mlp };
+  }
+
+  /**
+   * Only the block's output for several sequences at once, nothing kept for a backward: LayerNorm,
+   * the products and the MLP over all their positions, attention by the model's fused kernel per
+   * (sequence, head), intermediates in scratch reused from call to call. For many forward passes
+   * (the ablation curve's).
+   *
+   * @param x The block's input (resid_pre) `[sequences · T][D]`.
+   * @param sequences How many sequences `x` holds (T = its positions / sequences).
+   * @returns The output (resid_post) `[sequences · T][D]` (a new array).
+   * @throws {RangeError} If `x` is not a whole number of sequences of whole positions.
+   */
+  run(x: Float32Array, sequences: number): Float32Array {
+    const { D, H, S, eps } = this.#dims, w = this.#w, { lib, attention } = this.#native;
+    const N = x.length / D, T = N / sequences, W = 3 * D;
+    if (!Number.isInteger(N) || !Number.isInteger(T) || T < 1) {
+      throw new RangeError(
+        `Cannot run a block on ${x.length} values as ${sequences} sequences of width ${D}`,
+      );
+    }
+    const need = N * (4 * D + W + 1) + sequences * H * T;
+    if (this.#runScratch.length < need) this.#runScratch = new Float32Array(need);
+    let at = 0;
+    const take = (n: number) => this.#runScratch.subarray(at, at += n);
+    const xh = take(N * D), rs = take(N), ln1 = take(N * D), qkv = take(N * W), o = take(N * D);
+    const mid = take(N * D), lse = take(sequences * H * T);
+    lib.bv_layernorm(x, w.ln1.gamma, w.ln1.beta, eps, N, D, xh, rs, ln1);
+    lib.bv_fill_rows(qkv, w.attnBias, null, N, W);
+    this.#mm(N, W, D, [ln1, 0, D], [w.attn, 0, W], [qkv, 0, W], { beta: 1 });
+    attention.scalar_attention_forward(qkv, o, lse, sequences, T, H, S, 1 / Math.sqrt(S));
+    lib.bv_fill_rows(mid, w.projBias, x, N, D);
+    this.#mm(N, D, D, [o, 0, D], [w.proj, 0, D], [mid, 0, D], { beta: 1 });
+    return this.#mlp.run(mid);
   }
 
   /**

@@ -93,6 +93,17 @@ for (
         );
         assertRelClose(f.output, (await y.data()) as Float32Array, 1e-5, `${what}: forward`);
         y.dispose();
+        // run(): several sequences at once (here three, the second this one), output only.
+        const three = normalArray(createRng(6), 3 * T * D, 1);
+        three.set(x, T * D);
+        const many = vjp.run(three, 3);
+        assertRelClose(many.subarray(T * D, 2 * T * D), f.output, 1e-5, `${what}: run`);
+        assertRelClose(
+          many.subarray(0, T * D),
+          vjp.forward(three.subarray(0, T * D)).output,
+          1e-5,
+          `${what}: run, sequence 0`,
+        );
 
         const R = 7, c = randomRows(R, T, D, 4, 3);
         const want = await autodiff(model, layer, x, c);

@@ -1,10 +1,12 @@
 /**
  * What the batched VJPs of `block_vjp.ts` (a whole block) and `mlp_vjp.ts` (a block's MLP half)
  * run on: the native loops of `block_vjp.c` (norms, softmax, GELU, gathers and the per-entry
- * backward pieces) and OpenBLAS products on row-major views into host arrays.
+ * backward pieces), the model's fused attention kernel (for forwards without a backward) and
+ * OpenBLAS products on row-major views into host arrays.
  *
  * @module
  */
+import { type AttentionLibrary, loadAttentionLibrary } from "../backend/attention_kernel.ts";
 import { type BlasLibrary, openBlas } from "../backend/blas.ts";
 import { EXP_VEC_SOURCE, loadNative, type NativeLibrary } from "../backend/native.ts";
 
@@ -56,14 +58,17 @@ export type VjpLoops = NativeLibrary<typeof SYMBOLS>["symbols"];
 
 const SOURCE = new URL("./block_vjp.c", import.meta.url);
 
-/** The native loops and OpenBLAS, opened. */
+/** The native loops, the fused attention kernel and OpenBLAS, opened. */
 export interface VjpNative {
   lib: VjpLoops;
   blas: BlasLibrary;
+  /** The model's fused causal attention (`lib/backend/attention_kernel.c`), for forwards only. */
+  attention: AttentionLibrary;
 }
 
 /**
- * Opens OpenBLAS and compiles (once per source and machine) and opens `block_vjp.c`. Never throws
+ * Opens OpenBLAS and compiles (once per source and machine) and opens `block_vjp.c` and the
+ * attention kernel. Never throws
  * for a missing compiler or BLAS: the reason comes back instead, for a caller that falls back to
  * autodiff.
  *
@@ -80,10 +85,8 @@ export async function openVjpNative(): Promise<VjpNative | { error: string }> {
   const blas = openBlas();
   if ("error" in blas) return { error: blas.error };
   try {
-    return {
-      lib: (await loadNative(SOURCE, SYMBOLS, { prelude: [EXP_VEC_SOURCE] })).symbols,
-      blas,
-    };
+    const lib = (await loadNative(SOURCE, SYMBOLS, { prelude: [EXP_VEC_SOURCE] })).symbols;
+    return { lib, blas, attention: await loadAttentionLibrary() };
   } catch (e) {
     return { error: e instanceof Error ? e.message : String(e) };
   }
