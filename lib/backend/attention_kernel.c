@@ -11,8 +11,8 @@
  *
  * Each head's keys and values are first copied transposed ([S][T]) into per-thread buffers, so
  * every inner loop runs over key positions j with unit stride and the compiler vectorises it.
- * The exponential is a polynomial (Cephes expf's) that vectorises too; its relative error is
- * below 2e-7 over the range softmax needs (x ≤ 0).
+ * The exponential is exp_vec (lib/backend/exp_vec.c, a polynomial that vectorises too), within
+ * 1.5 ulp over the range softmax needs (x ≤ 0).
  */
 #include <math.h>
 #include <stdint.h>
@@ -24,30 +24,14 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 
 /*
- * p[j] = e^(p[j] − shift) for j < n, where every p[j] − shift ≤ 0 (relative error < 2e-7; below
- * −87 the result is ~1e-38 instead of underflowing). Whole 16-float blocks: p must have room for
- * n rounded up to 16, and the values past n are overwritten with garbage. GCC vector types,
- * because the bit cast that builds 2^n keeps the auto-vectoriser from a scalar loop.
+ * p[j] = e^(p[j] − shift) for j < n, where every p[j] − shift ≤ 0: exp_vec (lib/backend/exp_vec.c,
+ * compiled ahead of this file), clamped at −87, where the result is ~1e-38 instead of underflowing.
  */
 static void exp_shifted(float *p, int n, float shift) {
-  for (int j = 0; j < n; j += 16) {
-    v16f x;
-    memcpy(&x, p + j, sizeof x);
-    x -= shift;
-    const v16i low = x < -87.0f; /* all ones where true */
-    x = (v16f)(((v16i)x & ~low) | ((v16i)((v16f){} - 87.0f) & low));
-    /* n = round(x / ln2) via the 1.5·2²³ trick; ln 2 split in two (Cody–Waite). */
-    const v16f n2 = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const v16f r = x - n2 * 0.693359375f + n2 * 2.12194440e-4f;
-    v16f q = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    q = q * r + 8.3334519073e-3f;
-    q = q * r + 4.1665795894e-2f;
-    q = q * r + 1.6666665459e-1f;
-    q = q * r + 5.0000001201e-1f;
-    q = q * r * r + r + 1.0f;
-    const v16i bits = (__builtin_convertvector(n2, v16i) + 127) << 23;
-    x = q * (v16f)bits;
-    memcpy(p + j, &x, sizeof x);
+#pragma omp simd
+  for (int j = 0; j < n; j++) {
+    const float x = p[j] - shift;
+    p[j] = exp_vec(x < -87.0f ? -87.0f : x);
   }
 }
 

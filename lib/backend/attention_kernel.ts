@@ -14,7 +14,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { type CpuKernelBackend, fill, type KernelStorage, STORAGE } from "./kernel_storage.ts";
-import { loadNative, type NativeOptions } from "./native.ts";
+import { EXP_VEC_SOURCE, loadNative, type NativeOptions } from "./native.ts";
 
 /**
  * The tfjs kernel name of the fused forward: input `{qkv}` float32 `[B·T, 3·D]`, attributes
@@ -84,7 +84,8 @@ const ATTENTION_SOURCE = new URL("./attention_kernel.c", import.meta.url);
  * ```
  */
 export async function loadAttentionLibrary(options: NativeOptions = {}): Promise<AttentionLibrary> {
-  return (await loadNative(ATTENTION_SOURCE, ATTENTION_SYMBOLS, options)).symbols;
+  const prelude = [EXP_VEC_SOURCE, ...options.prelude ?? []];
+  return (await loadNative(ATTENTION_SOURCE, ATTENTION_SYMBOLS, { ...options, prelude })).symbols;
 }
 
 /**

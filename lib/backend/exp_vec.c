@@ -1,16 +1,16 @@
 /*
- * e^x in operations that vectorise, for the native kernels' GELUs: libm's expf is a call per
- * value, ~15× slower on this machine inside a loop that GCC vectorises, and GELU runs on every MLP
- * activation of SCALAR's passes and of the JSAE's Jacobian. A prelude (lib/backend/native.ts):
+ * e^x in operations that vectorise, for the native kernels' GELUs and softmax: libm's expf is a
+ * call per value, ~15× slower on this machine inside a loop that GCC vectorises, and GELU runs on
+ * every MLP activation of SCALAR's passes and of the JSAE's Jacobian. A prelude (lib/backend/native.ts):
  * compiled ahead of the kernels that call it, in the same unit.
  */
 #include <stdint.h>
 #include <string.h>
 
 /*
- * e^x for |x| ≤ 80, within 1.5 ulp (lib/backend/exp_vec_test.ts). Round x·log₂e to n with the
- * 1.5·2²³ trick, reduce r = x − n·ln 2 in two parts (Cody–Waite), Cephes' degree-6 polynomial for
- * e^r, times 2^n built in the exponent bits. Callers clamp x: outside ±80 the result is
+ * e^x for x in [−87, 88], within 1.5 ulp (lib/backend/exp_vec_test.ts). Round x·log₂e to n with
+ * the 1.5·2²³ trick, reduce r = x − n·ln 2 in two parts (Cody–Waite), Cephes' degree-6 polynomial
+ * for e^r, times 2^n built in the exponent bits. Callers clamp x: outside [−87, 88] the result is
  * meaningless (never undefined).
  */
 static inline float exp_vec(float x) {
