@@ -362,12 +362,45 @@ interface Encoder {
 /** Most nonzero upstream features per token for per-token sharing (one bit each in a Uint32). */
 const MAX_TOKENWISE_ACTIVE = 32;
 
+/**
+ * A pass's rows as lists of the z0 nonzeros each keeps (indices into the row-compressed z0): keep
+ * them in order, then close the row with `next`.
+ */
+class KeptRows {
+  /** Rows closed so far. */
+  count = 0;
+  /** Row r's nonzeros are kept[start[r]] … kept[start[r + 1] − 1]. */
+  readonly start: Int32Array;
+  kept: Int32Array;
+  #size = 0;
+
+  /** Room for `rows` rows and, to begin with, `nonzeros` kept nonzeros in all. */
+  constructor(rows: number, nonzeros: number) {
+    this.start = new Int32Array(rows + 1);
+    this.kept = new Int32Array(Math.max(16, nonzeros));
+  }
+
+  /** Keeps nonzero q in the current row. */
+  keep(q: number): void {
+    if (this.#size === this.kept.length) {
+      const grown = new Int32Array(2 * this.kept.length);
+      grown.set(this.kept);
+      this.kept = grown;
+    }
+    this.kept[this.#size++] = q;
+  }
+
+  /** Closes the current row. */
+  next(): void {
+    this.start[++this.count] = this.#size;
+  }
+}
+
 /** The loop of `subcircuit.c`, as `Deno.dlopen` symbols. */
 const DECODE_SYMBOLS = {
   sc_decode_rows: {
     parameters: [
-      ...["buffer", "i32", "i32", "buffer", "buffer", "buffer", "buffer", "buffer", "i32"],
-      "buffer",
+      ...["buffer", "i32", "i32", "buffer", "buffer", "buffer", "buffer", "i32", "buffer"],
     ],
     result: "void",
   },
@@ -534,7 +567,7 @@ export class Subcircuit {
    * @throws {RangeError} If z0 does not fit the upstream SAE or the batch size is not positive.
    */
   static async create(o: SubcircuitOptions): Promise<Subcircuit> {
-    const kernel = o.tokenwise && o.nativeDecode !== false ? await decodeKernel() : undefined;
+    const kernel = o.nativeDecode !== false ? await decodeKernel() : undefined;
     return new Subcircuit(o, (await o.z0.data()) as Float32Array, kernel);
   }
 
@@ -627,6 +660,8 @@ export class Subcircuit {
       const xHat = new Float32Array(chunk.length * T * dUp);
       const gather: number[] = [], target: number[] = [];
       let mask = new Uint8Array(0), maskOf: Group | undefined;
+      // Each row: a token of z0 with the nonzeros its group keeps.
+      const rows = new KeptRows(chunk.length * T, chunk.length * T * 4);
       chunk.forEach(({ g, p }, c) => {
         if (maskOf !== g) {
           mask = new Uint8Array(fUp);
@@ -635,34 +670,39 @@ export class Subcircuit {
         }
         for (let t = 0; t < T; t++) {
           const row = p * T + t;
-          this.#decodeRow(decoder, row, (q) => mask[this.#cols[q]!] === 1, xHat, (c * T + t) * dUp);
+          for (let q = this.#rowPtr[row]!; q < this.#rowPtr[row + 1]!; q++) {
+            if (mask[this.#cols[q]!] === 1) rows.keep(q);
+          }
+          rows.next();
           for (const j of g.features) {
             gather.push((c * T + t) * fDown + j);
             target.push(row * fDown + j);
           }
         }
       });
+      this.#decodeRows(decoder, rows, xHat);
       yield { xHat, shape: [chunk.length, T], gather, target };
     }
   }
 
   /**
-   * x̂ of one token of z0 with only some of its nonzeros kept, written at `out`: up's b_dec plus
-   * value · W_dec row for each kept nonzero q (an index into the token's CSR entries).
+   * x̂ of pass rows into `into` (`[rows][D_up]`): up's b_dec plus value · W_dec row for each
+   * nonzero of z0 the row keeps, in the order kept. In `subcircuit.c` where it built, else here.
    */
-  #decodeRow(
-    decoder: Float32Array,
-    token: number,
-    keep: (q: number) => boolean,
-    into: Float32Array,
-    out: number,
-  ): void {
-    const dUp = this.#dims.dUp;
-    into.set(decoder.subarray(this.fUp * dUp), out);
-    for (let q = this.#rowPtr[token]!; q < this.#rowPtr[token + 1]!; q++) {
-      if (!keep(q)) continue;
-      const v = this.#vals[q]!, w = this.#cols[q]! * dUp;
-      for (let d = 0; d < dUp; d++) into[out + d]! += v * decoder[w + d]!;
+  #decodeRows(decoder: Float32Array, rows: KeptRows, into: Float32Array): void {
+    const dUp = this.#dims.dUp, { start, kept, count } = rows;
+    if (this.#decodeKernel) {
+      const lists = [this.#cols, this.#vals, start, kept] as const;
+      this.#decodeKernel(decoder, this.fUp, dUp, ...lists, count, into);
+      return;
+    }
+    for (let r = 0; r < count; r++) {
+      const out = r * dUp;
+      into.set(decoder.subarray(this.fUp * dUp), out);
+      for (let e = start[r]!; e < start[r + 1]!; e++) {
+        const q = kept[e]!, v = this.#vals[q]!, w = this.#cols[q]! * dUp;
+        for (let d = 0; d < dUp; d++) into[out + d]! += v * decoder[w + d]!;
+      }
     }
   }
 
@@ -751,21 +791,16 @@ export class Subcircuit {
       this.#stamp.fill(0);
       this.#epoch = 1;
     }
-    const tok = Int32Array.from(rowTok), bitsOf = Uint32Array.from(rowBits);
     for (const [c, pass] of passes.entries()) {
       const first = c * rowsPerPass, rows = Math.min(rowsPerPass, rowTok.length - first);
-      const xHat = new Float32Array(rows * dUp);
-      if (this.#decodeKernel) {
-        this.#decodeKernel(
-          ...[decoder, this.fUp, dUp, this.#rowPtr, this.#cols, this.#vals] as const,
-          ...[tok.subarray(first), bitsOf.subarray(first), rows, xHat] as const,
-        );
-      } else {
-        for (let r = 0; r < rows; r++) {
-          const t = tok[first + r]!, bits = bitsOf[first + r]!, from = this.#rowPtr[t]!;
-          this.#decodeRow(decoder, t, (q) => ((bits >>> (q - from)) & 1) === 1, xHat, r * dUp);
-        }
+      const kept = new KeptRows(rows, rows * MAX_TOKENWISE_ACTIVE);
+      for (let r = first; r < first + rows; r++) {
+        const from = this.#rowPtr[rowTok[r]!]!, to = this.#rowPtr[rowTok[r]! + 1]!;
+        for (let q = from; q < to; q++) if (((rowBits[r]! >>> (q - from)) & 1) === 1) kept.keep(q);
+        kept.next();
       }
+      const xHat = new Float32Array(rows * dUp);
+      this.#decodeRows(decoder, kept, xHat);
       yield { ...pass, xHat, shape: [rows, 1] };
     }
   }
