@@ -16,7 +16,10 @@
  * distinct groups are stacked along the batch dimension, `batchSequences` sequences per pass; where
  * the segment has no attention (`mlp`, `mlp-block`) sharing goes down to single tokens, since there
  * only U_j ∩ (features active at that token) matters. Counts are processed in increasing order and
- * only what changed since the previous count is recomputed. None of this changes a value beyond float
+ * only what changed since the previous count is recomputed. The passes' rows are decoded in C
+ * (`subcircuit.c`) and, for MLP and block pairs, run through the segment on the host
+ * (`MlpVjp.run`, `BlockVjp.run`: OpenBLAS, native loops, the fused attention kernel) where those
+ * build; tfjs otherwise (`native: false` asks for it). None of this changes a value beyond float
  * rounding of differently shaped matrix products.
  *
  * Dimensions: P prompts, T positions (n_ctx), N = P·T tokens, D activation width, F_up / F_down
