@@ -13,7 +13,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { type CpuKernelBackend, fill, type KernelStorage, STORAGE } from "./kernel_storage.ts";
+import {
+  type CpuKernelBackend,
+  fill,
+  fillOutputs,
+  kernelInput,
+  STORAGE,
+} from "./kernel_storage.ts";
 import { EXP_VEC_SOURCE, loadNative, type NativeOptions } from "./native.ts";
 
 /**
@@ -181,21 +187,11 @@ export function registerAttentionKernels(
     backendName,
     kernelFunc: ({ inputs, backend, attrs }) => {
       const storage = storageOf(backend);
-      const qkv = input(storage, ATTENTION_KERNEL, inputs, "qkv");
+      const qkv = kernelInput(storage, ATTENTION_KERNEL, inputs, "qkv");
       const { B, T, H, S, D } = dimsOf(ATTENTION_KERNEL, qkv, attrs as unknown as AttentionAttrs);
-      const y = storage.allocate([B * T, D]);
-      // Allocated second, so that every view is taken after the last allocation (wasm growth).
-      const lse = storage.allocate([B, H, T]);
-      try {
-        fill(lse, (out) => {
-          const [q, yv] = [out.read(qkv), out.read(y.info)];
-          lib.scalar_attention_forward(q, yv, out.values, B, T, H, S, 1 / Math.sqrt(S));
-        });
-      } catch (e) {
-        y.release();
-        throw e;
-      }
-      return [y.info, lse.info];
+      return fillOutputs(storage, [[B * T, D], [B, H, T]], ([y, lse], read) => {
+        lib.scalar_attention_forward(read(qkv), y!, lse!, B, T, H, S, 1 / Math.sqrt(S));
+      });
     },
   });
   tf.registerKernel({
@@ -203,12 +199,12 @@ export function registerAttentionKernels(
     backendName,
     kernelFunc: ({ inputs, backend, attrs }) => {
       const storage = storageOf(backend);
-      const qkv = input(storage, ATTENTION_GRAD_KERNEL, inputs, "qkv");
+      const qkv = kernelInput(storage, ATTENTION_GRAD_KERNEL, inputs, "qkv");
       const dims = dimsOf(ATTENTION_GRAD_KERNEL, qkv, attrs as unknown as AttentionAttrs);
       const { B, T, H, S, D } = dims;
-      const y = input(storage, ATTENTION_GRAD_KERNEL, inputs, "y", [B * T, D]);
-      const lse = input(storage, ATTENTION_GRAD_KERNEL, inputs, "lse", [B, H, T]);
-      const dy = input(storage, ATTENTION_GRAD_KERNEL, inputs, "dy", [B * T, D]);
+      const y = kernelInput(storage, ATTENTION_GRAD_KERNEL, inputs, "y", [B * T, D]);
+      const lse = kernelInput(storage, ATTENTION_GRAD_KERNEL, inputs, "lse", [B, H, T]);
+      const dy = kernelInput(storage, ATTENTION_GRAD_KERNEL, inputs, "dy", [B * T, D]);
       return fill(storage.allocate(qkv.shape), (out) => {
         const [q, yv, l, g] = [out.read(qkv), out.read(y), out.read(lse), out.read(dy)];
         lib.scalar_attention_backward(q, yv, l, g, out.values, B, T, H, S, 1 / Math.sqrt(S));
@@ -222,25 +218,4 @@ export function registerAttentionKernels(
     tf.unregisterKernel(ATTENTION_KERNEL, backendName);
     tf.unregisterKernel(ATTENTION_GRAD_KERNEL, backendName);
   };
-}
-
-/** An input of a kernel call, checked: present, float32 in the backend's memory, of `shape`. */
-function input(
-  storage: KernelStorage,
-  kernel: string,
-  inputs: tf.NamedTensorInfoMap,
-  name: string,
-  shape?: number[],
-): tf.TensorInfo {
-  const t: tf.TensorInfo | undefined = inputs[name];
-  if (t === undefined) throw new Error(`Cannot run ${kernel}: input "${name}" is missing`);
-  if (!storage.isFloat32(t as tf.TensorInfo | undefined)) {
-    throw new Error(
-      `Cannot run ${kernel}: input "${name}" is ${t.dtype}[${t.shape}], expected float32 in memory`,
-    );
-  }
-  if (shape !== undefined && !tf.util.arraysEqual(t.shape, shape)) {
-    throw new RangeError(`Cannot run ${kernel}: ${name} is [${t.shape}], expected [${shape}]`);
-  }
-  return t;
 }

@@ -42,11 +42,15 @@ interface Case {
   S: number;
 }
 
-// Odd sizes (no 16-float block fits), one position, a length crossing a block edge, the toy model.
+// Odd sizes (no 16-float block fits), one position, a length crossing a block edge, lengths and
+// head sizes crossing the kernel's 32-query tiles and 16-float column blocks (70 × 20: the last
+// tile 6 rows, heads padded to 32), GPT-2's head size, the toy model.
 const CASES: Case[] = [
   { B: 3, T: 7, H: 2, S: 5 },
   { B: 1, T: 1, H: 1, S: 3 },
   { B: 2, T: 33, H: 3, S: 16 },
+  { B: 2, T: 70, H: 2, S: 20 },
+  { B: 1, T: 45, H: 2, S: 64 },
   { B: 2, T: 128, H: 4, S: 16 },
 ];
 

@@ -11,16 +11,19 @@
  * Both directions use ½(1 + tanh(u)) = σ(2u) = 1 / (1 + e^(−2u)): unlike 1 + tanh(u), which
  * cancels to nothing for negative inputs, σ(2u) keeps full relative accuracy in both tails.
  *
- * Two implementations of the loops: float64 JavaScript ({@link geluTanhValues},
+ * Three implementations of the loops: float64 JavaScript ({@link geluTanhValues},
  * {@link geluTanhGradValues}; the exponential is {@link expFast}, a third of `Math.exp`'s cost),
- * which the `cpu` backend runs and which round to float32 once per output; and, on `wasm`, a small
- * wasm SIMD module over the tfjs module's own memory ({@link wasmSimdGeluLoops}), about three
- * times faster again, computing in float32.
+ * which round to float32 once per output; on `wasm`, a small wasm SIMD module over the tfjs
+ * module's own memory ({@link wasmSimdGeluLoops}), about three times faster again, computing in
+ * float32; and native loops (`gelu_kernel.c`, {@link loadNativeGeluLoops}) on every thread, ten
+ * times faster than those, wherever a C compiler builds them. The kernels run the native loops
+ * when they were registered with them, else the fastest of the other two for their arrays.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { type CpuKernelBackend, STORAGE } from "./kernel_storage.ts";
+import { EXP_VEC_SOURCE, GELU_TANH_SOURCE, loadNative, type NativeOptions } from "./native.ts";
 
 /** The tfjs kernel name of the fused GELU forward pass: inputs `{x}`, float32, any shape. */
 export const GELU_TANH_KERNEL = "ScalarGeluTanh";
@@ -487,16 +490,63 @@ function loopsFor(backend: unknown, heap: ArrayBufferLike): GeluLoops {
   return JS_LOOPS;
 }
 
+/** The native GELU loops (`gelu_kernel.c`), as `Deno.dlopen` symbols. */
+const GELU_SYMBOLS = {
+  scalar_gelu_values: { parameters: ["buffer", "buffer", "i64"], result: "void" },
+  scalar_gelu_grad: { parameters: ["buffer", "buffer", "buffer", "i64"], result: "void" },
+} as const;
+
 /**
- * Registers {@link GELU_TANH_KERNEL} and {@link GELU_TANH_GRAD_KERNEL} for a CPU backend.
- * Registering again is harmless. The op that uses them is `geluTanh` in `lib/model/gpt.ts`, which
- * falls back to stock ops on backends without them.
+ * Compiles (once, into the cache) and opens the native GELU loops: float32, every thread, within
+ * about 3e-7·(1 + |result|) of the float64 GELU (`exp_vec`'s 1.5 ulp and float32 steps).
+ *
+ * @param options Compiler and cache directory (`lib/backend/native.ts`).
+ * @returns The loops, for any float32 arrays (tfjs tensors' memory included).
+ * @throws {NativeError} If there is no C compiler or the build fails.
+ *
+ * @example
+ * ```ts
+ * import { equal } from "node:assert/strict";
+ * import { loadNativeGeluLoops } from "./gelu_kernel.ts";
+ * const loops = await loadNativeGeluLoops();
+ * const out = new Float32Array(3);
+ * loops.values(Float32Array.of(-20, 0, 20), out);
+ * equal(out.join(), "0,0,20");
+ * ```
+ */
+export async function loadNativeGeluLoops(options: NativeOptions = {}): Promise<GeluLoops> {
+  const prelude = [EXP_VEC_SOURCE, GELU_TANH_SOURCE, ...options.prelude ?? []];
+  const source = new URL("./gelu_kernel.c", import.meta.url);
+  const lib = (await loadNative(source, GELU_SYMBOLS, { ...options, prelude })).symbols;
+  const check = (...arrays: Float32Array[]) => {
+    if (arrays.some((a) => a.length !== arrays[0]!.length)) {
+      throw new RangeError("Cannot run the native GELU: the arrays differ in length");
+    }
+  };
+  return {
+    values(x, out) {
+      check(x, out);
+      lib.scalar_gelu_values(x, out, BigInt(x.length));
+    },
+    gradValues(dy, x, dx) {
+      check(dy, x, dx);
+      lib.scalar_gelu_grad(dy, x, dx, BigInt(x.length));
+    },
+  };
+}
+
+/**
+ * Registers {@link GELU_TANH_KERNEL} and {@link GELU_TANH_GRAD_KERNEL} for a CPU backend,
+ * replacing any registered before. The op that uses them is `geluTanh` in `lib/model/gpt.ts`,
+ * which falls back to stock ops on backends without them.
  *
  * @param backendName The backend to serve; for `wasm`, `@tensorflow/tfjs-backend-wasm` must be
  *   imported before the kernels run.
+ * @param native The native loops ({@link loadNativeGeluLoops}), when they built: the kernels then
+ *   run them; without, the fastest of the JavaScript and wasm SIMD loops for the arrays.
  * @throws {Error} If `backendName` is not `cpu` or `wasm`.
  */
-export function registerGeluKernels(backendName: CpuKernelBackend): void {
+export function registerGeluKernels(backendName: CpuKernelBackend, native?: GeluLoops): void {
   // The type stops TypeScript callers; this stops JavaScript ones and casts.
   if (!Object.hasOwn(STORAGE, backendName)) {
     throw new Error(
@@ -505,40 +555,40 @@ export function registerGeluKernels(backendName: CpuKernelBackend): void {
     );
   }
   const storageOf = STORAGE[backendName];
-  if (!tf.getKernel(GELU_TANH_KERNEL, backendName)) {
-    tf.registerKernel({
-      kernelName: GELU_TANH_KERNEL,
-      backendName,
-      kernelFunc: ({ inputs, backend }) => {
-        const storage = storageOf(backend);
-        const x = inputs.x;
-        if (!storage.isFloat32(x)) throw new Error(notFloat32(GELU_TANH_KERNEL, "x", x));
-        const out = storage.allocate(x.shape);
-        loopsFor(backend, out.values.buffer).values(out.read(x), out.values);
-        return out.info;
-      },
-    });
+  const loops = (backend: unknown, heap: ArrayBufferLike) => native ?? loopsFor(backend, heap);
+  for (const name of [GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL]) {
+    if (tf.getKernel(name, backendName)) tf.unregisterKernel(name, backendName);
   }
-  if (!tf.getKernel(GELU_TANH_GRAD_KERNEL, backendName)) {
-    tf.registerKernel({
-      kernelName: GELU_TANH_GRAD_KERNEL,
-      backendName,
-      kernelFunc: ({ inputs, backend }) => {
-        const storage = storageOf(backend);
-        const { dy, x } = inputs;
-        if (!storage.isFloat32(x)) throw new Error(notFloat32(GELU_TANH_GRAD_KERNEL, "x", x));
-        if (!storage.isFloat32(dy)) throw new Error(notFloat32(GELU_TANH_GRAD_KERNEL, "dy", dy));
-        if (!tf.util.arraysEqual(dy.shape, x.shape)) {
-          throw new Error(
-            `Cannot run ${GELU_TANH_GRAD_KERNEL}: dy [${dy.shape}] and x [${x.shape}] differ in shape`,
-          );
-        }
-        const out = storage.allocate(x.shape);
-        loopsFor(backend, out.values.buffer).gradValues(out.read(dy), out.read(x), out.values);
-        return out.info;
-      },
-    });
-  }
+  tf.registerKernel({
+    kernelName: GELU_TANH_KERNEL,
+    backendName,
+    kernelFunc: ({ inputs, backend }) => {
+      const storage = storageOf(backend);
+      const x = inputs.x;
+      if (!storage.isFloat32(x)) throw new Error(notFloat32(GELU_TANH_KERNEL, "x", x));
+      const out = storage.allocate(x.shape);
+      loops(backend, out.values.buffer).values(out.read(x), out.values);
+      return out.info;
+    },
+  });
+  tf.registerKernel({
+    kernelName: GELU_TANH_GRAD_KERNEL,
+    backendName,
+    kernelFunc: ({ inputs, backend }) => {
+      const storage = storageOf(backend);
+      const { dy, x } = inputs;
+      if (!storage.isFloat32(x)) throw new Error(notFloat32(GELU_TANH_GRAD_KERNEL, "x", x));
+      if (!storage.isFloat32(dy)) throw new Error(notFloat32(GELU_TANH_GRAD_KERNEL, "dy", dy));
+      if (!tf.util.arraysEqual(dy.shape, x.shape)) {
+        throw new Error(
+          `Cannot run ${GELU_TANH_GRAD_KERNEL}: dy [${dy.shape}] and x [${x.shape}] differ in shape`,
+        );
+      }
+      const out = storage.allocate(x.shape);
+      loops(backend, out.values.buffer).gradValues(out.read(dy), out.read(x), out.values);
+      return out.info;
+    },
+  });
 }
 
 function notFloat32(kernel: string, name: string, t: tf.TensorInfo | undefined): string {

@@ -9,6 +9,7 @@ import {
   type GeluLoops,
   geluTanhGradValues,
   geluTanhValues,
+  loadNativeGeluLoops,
   registerGeluKernels,
   tanhFast,
   wasmSimdGeluLoops,
@@ -82,9 +83,10 @@ Deno.test("tanhFast() is within 2e-7 of Math.tanh over the whole float32 range",
   assert.ok(Number.isNaN(tanhFast(NaN)));
 });
 
-// The two implementations of the loops. The SIMD one runs on arrays in a wasm memory of its own
+// The three implementations of the loops. The SIMD one runs on arrays in a wasm memory of its own
 // here, placed at 4-byte (not 16-byte) offsets, as tfjs tensors may be.
 const simdMemory = new WebAssembly.Memory({ initial: 256 }); // 16 MiB
+const nativeLoops = await loadNativeGeluLoops();
 const LOOPS: {
   name: string;
   loops: GeluLoops;
@@ -107,13 +109,31 @@ const LOOPS: {
       });
     },
   },
+  {
+    name: "native",
+    loops: nativeLoops,
+    arrays: (...lengths) => lengths.map((n) => new Float32Array(n)),
+  },
 ];
 
 // How close each implementation is to the float64 truth, relative to 1 + |truth|: the JavaScript
 // loops round once; the SIMD ones round each float32 step (mostly y = −2u, whose error e^y
 // magnifies where the result is tiny). Both are far inside the 1e-6 the kernels are held to
 // against the stock ops.
-const VALUE_TOLERANCE: Record<string, number> = { "float64 JavaScript": 6e-8, "wasm SIMD": 3e-7 };
+const VALUE_TOLERANCE: Record<string, number> = {
+  "float64 JavaScript": 6e-8,
+  "wasm SIMD": 3e-7,
+  native: 3e-7,
+};
+
+Deno.test("the native GELU loops refuse arrays of different lengths", () => {
+  assert.throws(
+    () => nativeLoops.values(new Float32Array(8), new Float32Array(7)),
+    /Cannot run the native GELU: the arrays differ in length/,
+  );
+  const [a, b] = [new Float32Array(4), new Float32Array(5)];
+  assert.throws(() => nativeLoops.gradValues(a, a, b), /differ in length/);
+});
 
 Deno.test("wasmSimdGeluLoops() is available here and refuses arrays outside its memory", () => {
   const loops = wasmSimdGeluLoops(simdMemory);
@@ -186,17 +206,22 @@ async function use(name: CpuKernelBackend): Promise<void> {
   if (!(await tf.setBackend(name))) throw new Error(`Cannot start backend "${name}"`);
 }
 
-// geluTanh and its gradient, read back, with the kernels registered or not (then the op runs its
-// stock-op reference), and the names of the kernels that ran.
+// geluTanh and its gradient, read back, with the kernels registered (on the native loops, or the
+// JavaScript and SIMD ones for `true`) or not (then the op runs its stock-op reference), and the
+// names of the kernels that ran.
 async function geluAndGrad(
   name: CpuKernelBackend,
   x: Float32Array,
   w: Float32Array,
-  fused: boolean,
+  fused: boolean | GeluLoops,
 ): Promise<{ value: Float32Array; grad: Float32Array; kernels: Set<string> }> {
   await use(name);
-  if (fused) registerGeluKernels(name);
-  else for (const k of [GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL]) tf.unregisterKernel(k, name);
+  if (fused) registerGeluKernels(name, fused === true ? undefined : fused);
+  else {
+    for (const k of [GELU_TANH_KERNEL, GELU_TANH_GRAD_KERNEL]) {
+      if (tf.getKernel(k, name)) tf.unregisterKernel(k, name);
+    }
+  }
   const before = tf.memory().numTensors;
   const xt = tf.tensor1d(x), wt = tf.tensor1d(w);
   let value!: tf.Tensor, grad!: tf.Tensor;
@@ -225,16 +250,19 @@ Deno.test("geluTanh() through the kernels equals the stock-op reference on cpu a
   // below x ≈ -5, where the reference's derivative is 0 and the true one up to 6e-7.
   const w = uniformArray(rng, x.length, -1, 1);
   for (const name of BACKENDS) {
-    const fast = await geluAndGrad(name, x, w, true);
     const ref = await geluAndGrad(name, x, w, false);
-    assert.ok(fast.kernels.has(GELU_TANH_KERNEL), `${name}: forward kernel not used`);
-    assert.ok(fast.kernels.has(GELU_TANH_GRAD_KERNEL), `${name}: gradient kernel not used`);
     assert.ok(!ref.kernels.has(GELU_TANH_KERNEL), `${name}: reference used the kernel`);
-    for (let i = 0; i < x.length; i++) {
-      assertClose(fast.value[i]!, ref.value[i]!, 1e-6, `${name} gelu(${x[i]})`);
-      assertClose(fast.grad[i]!, ref.grad[i]!, 1e-6, `${name} gelu'(${x[i]}) · ${w[i]}`);
-      // And the kernels against the float64 truth, which the reference only approximates.
-      assertClose(fast.value[i]!, Math.fround(gelu64(x[i]!)), 2e-7, `${name} gelu(${x[i]})`);
+    for (const loops of [true, nativeLoops]) {
+      const label = `${name} (${loops === true ? "JavaScript or SIMD" : "native"} loops)`;
+      const fast = await geluAndGrad(name, x, w, loops);
+      assert.ok(fast.kernels.has(GELU_TANH_KERNEL), `${label}: forward kernel not used`);
+      assert.ok(fast.kernels.has(GELU_TANH_GRAD_KERNEL), `${label}: gradient kernel not used`);
+      for (let i = 0; i < x.length; i++) {
+        assertClose(fast.value[i]!, ref.value[i]!, 1e-6, `${label} gelu(${x[i]})`);
+        assertClose(fast.grad[i]!, ref.grad[i]!, 1e-6, `${label} gelu'(${x[i]}) · ${w[i]}`);
+        // And the kernels against the float64 truth, which the reference only approximates.
+        assertClose(fast.value[i]!, Math.fround(gelu64(x[i]!)), 3e-7, `${label} gelu(${x[i]})`);
+      }
     }
     registerGeluKernels(name);
   }

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import * as tf from "@tensorflow/tfjs";
 
 /** The tfjs backends whose tensors live in this process's memory. */
 export type CpuKernelBackend = "cpu" | "wasm";
@@ -128,6 +128,32 @@ export function fill(out: Allocation, write: (out: Allocation) => void): tf.Tens
 }
 
 /**
+ * A kernel's several outputs: allocates one of each shape, runs `write` on views of all of them
+ * (and reads inputs through `read`), views taken after the last allocation since on wasm each may
+ * grow the memory; frees every output when `write` throws.
+ *
+ * @param storage The backend's storage.
+ * @param shapes The outputs' shapes.
+ * @param write Fills the outputs' values, in `shapes`' order.
+ * @returns The output tensors.
+ */
+export function fillOutputs(
+  storage: KernelStorage,
+  shapes: readonly number[][],
+  write: (outputs: Float32Array[], read: (t: tf.TensorInfo) => Float32Array) => void,
+): tf.TensorInfo[] {
+  const allocations = shapes.map((s) => storage.allocate(s));
+  const last = allocations[allocations.length - 1]!;
+  try {
+    write(allocations.map((a) => last.read(a.info)), last.read);
+  } catch (e) {
+    for (const a of allocations) a.release();
+    throw e;
+  }
+  return allocations.map((a) => a.info);
+}
+
+/**
  * Number of elements of a shape.
  *
  * @param shape Dimensions.
@@ -137,4 +163,35 @@ export function sizeOf(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
+}
+
+/**
+ * An input of a kernel call, checked: present, float32 in the backend's memory, of `shape`.
+ *
+ * @param storage The backend's storage.
+ * @param kernel The kernel's name, for the messages.
+ * @param inputs The call's inputs.
+ * @param name The input's name.
+ * @param shape Its expected shape, when the kernel knows it.
+ * @returns The input.
+ * @throws {Error} If it is missing or not float32 in memory; {RangeError} if its shape differs.
+ */
+export function kernelInput(
+  storage: KernelStorage,
+  kernel: string,
+  inputs: tf.NamedTensorInfoMap,
+  name: string,
+  shape?: readonly number[],
+): tf.TensorInfo {
+  const t: tf.TensorInfo | undefined = inputs[name];
+  if (t === undefined) throw new Error(`Cannot run ${kernel}: input "${name}" is missing`);
+  if (!storage.isFloat32(t as tf.TensorInfo | undefined)) {
+    throw new Error(
+      `Cannot run ${kernel}: input "${name}" is ${t.dtype}[${t.shape}], expected float32 in memory`,
+    );
+  }
+  if (shape !== undefined && !tf.util.arraysEqual(t.shape, [...shape])) {
+    throw new RangeError(`Cannot run ${kernel}: ${name} is [${t.shape}], expected [${shape}]`);
+  }
+  return t;
 }

@@ -22,6 +22,12 @@ import { defaultCacheDir } from "../util/cache_dir.ts";
 /** `exp_vec.c`: a vectorisable e^x, the prelude of the kernels with a GELU (see its comment). */
 export const EXP_VEC_SOURCE: URL = new URL("./exp_vec.c", import.meta.url);
 
+/**
+ * `gelu_tanh.c`: GPT-2's tanh GELU and its slope at one value, the prelude (after
+ * {@link EXP_VEC_SOURCE}) of every kernel with a GELU.
+ */
+export const GELU_TANH_SOURCE: URL = new URL("./gelu_tanh.c", import.meta.url);
+
 /** The compiler flags every native library is built with (before `-o`). */
 export const NATIVE_FLAGS: readonly string[] = [
   "-O3",

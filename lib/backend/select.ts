@@ -12,7 +12,8 @@ import { openAttentionKernels } from "./attention_kernel.ts";
 import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
 import type { CpuKernelBackend } from "./kernel_storage.ts";
-import { registerGeluKernels } from "./gelu_kernel.ts";
+import { loadNativeGeluLoops, registerGeluKernels } from "./gelu_kernel.ts";
+import { openLayerNormKernels } from "./layer_norm_kernel.ts";
 import { registerSharedIdentity } from "./identity_kernel.ts";
 import { registerReduceKernels } from "./reduce_kernels.ts";
 import { registerScatterKernels } from "./scatter_kernels.ts";
@@ -136,14 +137,20 @@ async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?:
   registerTopkReluKernel(name);
   registerReduceKernels(name);
   registerScatterKernels(name);
-  registerGeluKernels(name);
   registerSplitKernel(name);
   if (name === "wasm") registerSharedIdentity();
-  // Without a C compiler the model still runs, with attention in stock ops; the line says why.
+  // Without a C compiler the model still runs, with attention in stock ops and GELU in JavaScript
+  // or wasm SIMD; the line says why.
   const attention = await openAttentionKernels(name);
-  const fused = "error" in attention
-    ? `, attention in stock ops (${attention.error})`
-    : ", fused native attention";
+  const gelu = await loadNativeGeluLoops().catch((e: unknown) => ({ error: message(e) }));
+  registerGeluKernels(name, "error" in gelu ? undefined : gelu);
+  const layerNorm = await openLayerNormKernels(name);
+  const fused =
+    ("error" in attention
+      ? `, attention in stock ops (${attention.error})`
+      : ", fused native attention") +
+    ("error" in gelu ? "" : ", native GELU") +
+    ("error" in layerNorm ? "" : ", native LayerNorm");
   const blas = openBlas();
   if ("error" in blas) {
     return { ok: true, detail: `${name} (stock matmul${fused})`, blas: blas.error };

@@ -11,6 +11,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { ATTENTION_GRAD_KERNEL, ATTENTION_KERNEL } from "../backend/attention_kernel.ts";
+import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL } from "../backend/layer_norm_kernel.ts";
 import { GELU_TANH_GRAD_KERNEL, GELU_TANH_KERNEL } from "../backend/gelu_kernel.ts";
 import { createRng, normalArray } from "../util/rng.ts";
 
@@ -532,7 +533,9 @@ function attentionReference(qkv: tf.Tensor2D, T: number, H: number): tf.Tensor2D
 }
 
 /**
- * LayerNorm over the last axis with the biased variance (as PyTorch computes it).
+ * LayerNorm over the last axis with the biased variance (as PyTorch computes it). Runs as one
+ * fused kernel each way where the backend has it (`lib/backend/layer_norm_kernel.ts`), else as
+ * stock ops with a closed-form gradient (the reference the kernel is tested against).
  *
  * @param x Input `[..., D]`.
  * @param weight Gain `[D]`.
@@ -541,8 +544,33 @@ function attentionReference(qkv: tf.Tensor2D, T: number, H: number): tf.Tensor2D
  * @returns The normalised, scaled and shifted input.
  */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-5): tf.Tensor {
-  return layerNormWithGrad(eps)(x, weight, bias);
+  const backend = tf.getBackend();
+  const fused = [x, weight, bias].every((t) => t.dtype === "float32") &&
+    tf.getKernel(LAYER_NORM_KERNEL, backend) && tf.getKernel(LAYER_NORM_GRAD_KERNEL, backend);
+  return (fused ? layerNormFused(eps) : layerNormWithGrad(eps))(x, weight, bias);
 }
+
+// One kernel each way (`lib/backend/layer_norm_kernel.ts`); saved for the gradient: x, the gain
+// and each row's mean and 1/σ.
+const layerNormFused = (eps: number) =>
+  tf.customGrad((...inputs: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x, weight, bias, save] = inputs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const [y, mean, rstd] = tf.engine().runKernel(LAYER_NORM_KERNEL, { x, weight, bias }, {
+      eps,
+    }) as tf.Tensor[];
+    save([x, weight, mean!, rstd!]);
+    return {
+      value: y!,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, w, m, r] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+        return tf.engine().runKernel(
+          LAYER_NORM_GRAD_KERNEL,
+          { dy, x: xs, weight: w, mean: m, rstd: r },
+          {},
+        ) as tf.Tensor[];
+      },
+    };
+  });
 
 // LayerNorm's backward in closed form, with x̂ = (x − μ)·r, r = 1/√(σ² + ε) and g = ∂L/∂y · w:
 // ∂L/∂x = r·(g − mean(g) − x̂·mean(g·x̂)), ∂L/∂w = Σ ∂L/∂y·x̂, ∂L/∂b = Σ ∂L/∂y over all rows.

@@ -513,13 +513,11 @@ void sae_adamw(float *p, const float *g, float *m, float *v, int64_t length, int
 
 /*
  * JSAE: GELU′ of the clean MLP pre-activation z = x·W_fc + b_fc, per fixed block of GEMM_ROWS
- * rows (the product in BLAS, then GELU′ while the block is in cache), in lib/sae/jacobian.ts's
- * sigmoid form s·(1 + 2c·z·(1 − s)(1 + 3a·z²)), s = σ(2u). g is [n][m].
+ * rows (the product in BLAS, then GELU′ while the block is in cache) through gelu_tanh
+ * (lib/backend/gelu_tanh.c, compiled ahead of this file with exp_vec.c). g is [n][m].
  */
 void jsae_gelu(const float *x, int32_t n, int32_t d, const float *w_fc, const float *b_fc,
                int32_t m, float *g) {
-  const float c2 = 1.5957691216057308f; /* 2·√(2/π) */
-  const float a = 0.044715f;
   int32_t blocks = (n + GEMM_ROWS - 1) / GEMM_ROWS;
   int saved = blas_solo();
 #pragma omp parallel for schedule(dynamic, 1)
@@ -529,15 +527,7 @@ void jsae_gelu(const float *x, int32_t n, int32_t d, const float *w_fc, const fl
     for (int32_t r = 0; r < rows; r++) {
       float *gr = g + ((int64_t)b * GEMM_ROWS + r) * m;
 #pragma omp simd
-      for (int32_t j = 0; j < m; j++) {
-        const float z = gr[j] + b_fc[j], z2 = z * z;
-        /* exp_vec (lib/backend/exp_vec.c, compiled ahead of this file) on ±80; σ saturates past. */
-        const float y = -(z * (z2 * (c2 * a) + c2));
-        const float inside = y > 80.0f ? 80.0f : y < -80.0f ? -80.0f : y;
-        const float s = y > 80.0f ? 0.0f : y < -80.0f ? 1.0f : 1.0f / (1.0f + exp_vec(inside));
-        const float w = (z * (1.0f - s)) * (z2 * (3.0f * a * c2) + c2);
-        gr[j] = s * (w + 1.0f);
-      }
+      for (int32_t j = 0; j < m; j++) gelu_tanh(gr[j] + b_fc[j], &gr[j]);
     }
   }
   blas_restore(saved);

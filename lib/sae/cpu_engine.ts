@@ -19,7 +19,12 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { openBlas } from "../backend/blas.ts";
-import { EXP_VEC_SOURCE, loadNative, type NativeLibrary } from "../backend/native.ts";
+import {
+  EXP_VEC_SOURCE,
+  GELU_TANH_SOURCE,
+  loadNative,
+  type NativeLibrary,
+} from "../backend/native.ts";
 import type { AdamWState } from "../optim/adamw.ts";
 import type { SaeConfig, SaeSet } from "./architectures.ts";
 import type { MlpWeights } from "./jacobian.ts";
@@ -691,7 +696,7 @@ export async function cpuEngineKernels(): Promise<CpuEngineKernels> {
   const blas = openBlas();
   if ("error" in blas) throw new Error(`Cannot start the CPU SAE engine: ${blas.error}`);
   const source = new URL("./cpu_engine.c", import.meta.url);
-  const prelude = [EXP_VEC_SOURCE];
+  const prelude = [EXP_VEC_SOURCE, GELU_TANH_SOURCE];
   const kernels = (await loadNative(source, CPU_ENGINE_SYMBOLS, { prelude })).symbols;
   // The kernels open the library themselves (and keep it) before this handle is released.
   const found = kernels.sae_use_blas(new TextEncoder().encode(`${blas.path}\0`));

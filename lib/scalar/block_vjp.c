@@ -69,20 +69,11 @@ void bv_causal_softmax(float *p, int H, int T) {
   }
 }
 
-/* GPT-2's tanh GELU and its derivative over n values: with s = ½(1 + tanh u) = σ(2u),
- * u = c(x + 0.044715x³), post = x·s and d = s + x·s(1 − s)·2c(1 + 3·0.044715x²). σ keeps full
- * relative accuracy in both tails, where 1 + tanh u would cancel. post may be pre (each value is
- * read before it is written). exp_vec: lib/backend/exp_vec.c, compiled ahead of this file. */
+/* GPT-2's tanh GELU and its derivative over n values: gelu_tanh (lib/backend/gelu_tanh.c, compiled
+ * ahead of this file with exp_vec.c). post may be pre (each value is read before it is written). */
 void bv_gelu(const float *pre, int n, float *post, float *d) {
-  const float c = 0.7978845608028654f, a = 0.044715f;
 #pragma omp parallel for simd schedule(static)
-  for (int i = 0; i < n; i++) {
-    const float x = pre[i], y = -2.0f * c * x * (1.0f + a * x * x);
-    const float inside = y > 80.0f ? 80.0f : y < -80.0f ? -80.0f : y; /* exp_vec's range */
-    const float s = y > 80.0f ? 0.0f : y < -80.0f ? 1.0f : 1.0f / (1.0f + exp_vec(inside));
-    post[i] = x * s;
-    d[i] = s + x * s * (1.0f - s) * 2.0f * c * (1.0f + 3.0f * a * x * x);
-  }
+  for (int i = 0; i < n; i++) post[i] = gelu_tanh(pre[i], &d[i]);
 }
 
 /* dst[e][:] = src[ids[e]][:], rows of width D. */

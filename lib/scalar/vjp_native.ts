@@ -8,7 +8,12 @@
  */
 import { type AttentionLibrary, loadAttentionLibrary } from "../backend/attention_kernel.ts";
 import { type BlasLibrary, openBlas } from "../backend/blas.ts";
-import { EXP_VEC_SOURCE, loadNative, type NativeLibrary } from "../backend/native.ts";
+import {
+  EXP_VEC_SOURCE,
+  GELU_TANH_SOURCE,
+  loadNative,
+  type NativeLibrary,
+} from "../backend/native.ts";
 
 /** The loops of `block_vjp.c`, as `Deno.dlopen` symbols. */
 const SYMBOLS = {
@@ -85,7 +90,8 @@ export async function openVjpNative(): Promise<VjpNative | { error: string }> {
   const blas = openBlas();
   if ("error" in blas) return { error: blas.error };
   try {
-    const lib = (await loadNative(SOURCE, SYMBOLS, { prelude: [EXP_VEC_SOURCE] })).symbols;
+    const lib =
+      (await loadNative(SOURCE, SYMBOLS, { prelude: [EXP_VEC_SOURCE, GELU_TANH_SOURCE] })).symbols;
     return { lib, blas, attention: await loadAttentionLibrary() };
   } catch (e) {
     return { error: e instanceof Error ? e.message : String(e) };
