@@ -8,6 +8,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { createRequire } from "node:module";
+import { registerAdamWKernel } from "./adamw_kernel.ts";
 import { openAttentionKernels } from "./attention_kernel.ts";
 import { openBlas } from "./blas.ts";
 import { registerBlasKernels } from "./blas_kernels.ts";
@@ -129,8 +130,9 @@ export async function useStockBackend(name: CpuKernelBackend): Promise<boolean> 
 /**
  * Starts a CPU backend (`wasm`: SIMD elementwise ops; `cpu`: plain JavaScript) with the project's
  * kernels: matrix products in OpenBLAS when the library loads, reductions without transposes,
- * gathers and scatter-adds, splits, fused GELU, the SAE TopK selection, fused causal attention
- * (native, when a C compiler builds it), and (wasm) tape copies that share memory.
+ * gathers and scatter-adds, splits, fused GELU, the SAE TopK selection, one AdamW step per
+ * parameter, fused causal attention, LayerNorm and native GELU loops (native, when a C compiler
+ * builds them), and (wasm) tape copies that share memory.
  */
 async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?: string }> {
   if (!(await useStockBackend(name))) return { ok: false, reason: `tfjs ${name} failed to start` };
@@ -138,6 +140,7 @@ async function probeCpuBackend(name: CpuKernelBackend): Promise<Probe & { blas?:
   registerReduceKernels(name);
   registerScatterKernels(name);
   registerSplitKernel(name);
+  registerAdamWKernel(name);
   if (name === "wasm") registerSharedIdentity();
   // Without a C compiler the model still runs, with attention in stock ops and GELU in JavaScript
   // or wasm SIMD; the line says why.

@@ -7,7 +7,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { BatchLoader, evalBatches, type TokenBatch } from "../data/batches.ts";
-import { AdamW, clipGlobalNorm } from "../optim/adamw.ts";
+import { AdamW } from "../optim/adamw.ts";
 import { warmupCosine } from "../optim/schedule.ts";
 import { saveCheckpoint } from "./checkpoint.ts";
 import { runTrainingLoop } from "../optim/training_loop.ts";
@@ -202,16 +202,15 @@ export function lmStep(
       const x = tf.tensor2d(span(batch.inputs), [rows, T], "int32");
       const y = tf.tensor2d(span(batch.targets), [rows, T], "int32");
       const { value, grads } = tf.variableGrads(() => crossEntropy(model.forward(x), y), vars);
+      // One micro-batch (the usual case) is the whole batch: its gradients are the sums.
+      if (rows === B) return [value, ...vars.map((v) => grads[v.name]!)];
       const scaled = vars.map((v, i) => grads[v.name]!.mul(weight).add(sums[i] ?? 0));
       return [value.mul(weight).add(loss), ...scaled];
     });
     tf.dispose([loss, ...sums]);
     [loss, ...sums] = part as [tf.Scalar, ...tf.Tensor[]];
   }
-  tf.tidy(() => {
-    const clipped = clipGlobalNorm(new Map(names.map((n, i) => [n, sums[i]!])), cfg.gradClip);
-    optimizer.update(clipped.grads, lr);
-  });
+  optimizer.clipAndUpdate(new Map(names.map((n, i) => [n, sums[i]!])), lr, cfg.gradClip);
   tf.dispose(sums);
   return loss;
 }

@@ -1,10 +1,12 @@
 /**
  * AdamW with decoupled weight decay and global-norm gradient clipping, as PyTorch defines them,
- * written in TensorFlow.js ops so that it runs on every backend.
+ * written in TensorFlow.js ops so that it runs on every backend; on the CPU backends
+ * {@link AdamW.clipAndUpdate} runs both as one fused kernel per parameter instead.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { ADAMW_KERNEL } from "../backend/adamw_kernel.ts";
 
 /** Settings of {@link AdamW}. */
 export interface AdamWConfig {
@@ -65,21 +67,71 @@ export class AdamW {
    * @throws {RangeError} If a gradient is missing.
    */
   update(grads: ReadonlyMap<string, tf.Tensor>, lr: number): void {
-    const { beta1, beta2, eps, weightDecay, decays } = this.#config;
+    const { beta1, beta2, eps } = this.#config;
     this.#step++;
     const c1 = 1 - beta1 ** this.#step, c2 = 1 - beta2 ** this.#step;
     tf.tidy(() => {
       for (const [name, p] of this.#params) {
-        const g = grads.get(name);
-        if (g === undefined) throw new RangeError(`Cannot update "${name}": no gradient given`);
+        const g = gradientOf(grads, name);
         const m = this.#m.get(name)!, v = this.#v.get(name)!;
         m.assign(m.mul(beta1).add(g.mul(1 - beta1)));
         v.assign(v.mul(beta2).add(g.square().mul(1 - beta2)));
-        const wd = decays === undefined || decays(name, p.shape) ? weightDecay : 0;
         const stepDir = m.div(c1).div(v.div(c2).sqrt().add(eps));
-        p.assign(p.mul(1 - lr * wd).sub(stepDir.mul(lr)));
+        p.assign(p.mul(1 - lr * this.#weightDecayOf(name, p)).sub(stepDir.mul(lr)));
       }
     });
+  }
+
+  /**
+   * {@link clipGlobalNorm}, then {@link AdamW.update}: on backends with the fused kernel
+   * (`lib/backend/adamw_kernel.ts`: `cpu`, `wasm`) one kernel call per parameter after reading the
+   * gradients' norm back, elsewhere those two as they are (the reference the kernel is tested
+   * against).
+   *
+   * @param grads Name → gradient, for every parameter.
+   * @param lr The learning rate for this step.
+   * @param maxNorm The largest allowed global norm of the gradients.
+   * @throws {RangeError} If a gradient is missing.
+   */
+  clipAndUpdate(grads: ReadonlyMap<string, tf.Tensor>, lr: number, maxNorm: number): void {
+    if (!tf.getKernel(ADAMW_KERNEL, tf.getBackend())) {
+      tf.tidy(() => this.update(clipGlobalNorm(grads, maxNorm).grads, lr));
+      return;
+    }
+    // Read back in float64: cheap on the CPU backends, where the values already are in memory.
+    let squares = 0;
+    for (const g of grads.values()) {
+      const values = g.dataSync();
+      for (let i = 0; i < values.length; i++) squares += values[i]! * values[i]!;
+    }
+    const gradScale = Math.min(1, maxNorm / (Math.sqrt(squares) + 1e-6));
+    const { beta1, beta2, eps } = this.#config;
+    const step = ++this.#step;
+    for (const [name, p] of this.#params) {
+      const m = this.#m.get(name)!, v = this.#v.get(name)!;
+      const attrs = {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weightDecay: this.#weightDecayOf(name, p),
+        step,
+        gradScale,
+      };
+      const updated = tf.engine().runKernel(
+        ADAMW_KERNEL,
+        { param: p, grad: gradientOf(grads, name), m, v },
+        attrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor[];
+      [p, m, v].forEach((t, i) => t.assign(updated[i]!));
+      tf.dispose(updated);
+    }
+  }
+
+  /** The weight decay of one parameter: the configured one, or 0 where `decays` says so. */
+  #weightDecayOf(name: string, p: tf.Tensor): number {
+    const { weightDecay, decays } = this.#config;
+    return decays === undefined || decays(name, p.shape) ? weightDecay : 0;
   }
 
   /**
@@ -123,6 +175,12 @@ export class AdamW {
   dispose(): void {
     for (const t of [...this.#m.values(), ...this.#v.values()]) t.dispose();
   }
+}
+
+function gradientOf(grads: ReadonlyMap<string, tf.Tensor>, name: string): tf.Tensor {
+  const g = grads.get(name);
+  if (g === undefined) throw new RangeError(`Cannot update "${name}": no gradient given`);
+  return g;
 }
 
 /**
