@@ -424,7 +424,8 @@ const simdLoops = new WeakMap<WebAssembly.Memory, GeluLoops | null>();
  * The GELU loops in wasm SIMD over a WebAssembly memory (the notes at "The wasm SIMD loops" in
  * this file say how): for arrays that are views of `memory`, the results of {@link geluTanhValues}
  * and {@link geluTanhGradValues} to within float32 rounding of the intermediate steps (about
- * 1.3e-7·(1 + |result|)), about three times faster. The kernels use them on `wasm`.
+ * 1.3e-7·(1 + |result|)), about three times faster. The kernels use them on `wasm` when no
+ * native loops were registered.
  *
  * @param memory The memory the arrays will view (the tfjs wasm module's, for the kernels).
  * @returns The loops, or `undefined` where this engine has no wasm SIMD or the memory is shared
