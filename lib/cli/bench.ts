@@ -73,7 +73,7 @@ async function runEngineConfig(config: Config, reps: number): Promise<void> {
   const rows = await timeInterleaved(
     cases,
     typeof peer === "string" ? undefined : peer,
-    ENGINE_CASES,
+    [...ENGINE_CASES, "sgemm_ceiling"],
     reps,
   );
   if (typeof peer !== "string") await peer.close();
@@ -233,9 +233,11 @@ function ceilingLines(timings: readonly Timing[]): string[] {
     const [ceiling, product] = [of("sgemm_ceiling"), of("sae_encoder_product")];
     if (ceiling === undefined || product === undefined) return [];
     const steps = ENGINE_CASES.map((n) => `${n} ${(of(n)! / ceiling).toFixed(1)}×`).join(", ");
+    const peerMs = timings.find((t) => t.config === config && t.name === "sgemm_ceiling")?.peerMs;
+    const peer = peerMs ? ` (the peer's torch.mm ${(gflop / peerMs * 1e3).toFixed(0)})` : "";
     return [
-      `${config}: sgemm ceiling ${(gflop / ceiling * 1e3).toFixed(0)} GFLOP/s; the engine's ` +
-      `encoder product ${(gflop / product * 1e3).toFixed(0)} GFLOP/s = ` +
+      `${config}: sgemm ceiling ${(gflop / ceiling * 1e3).toFixed(0)} GFLOP/s${peer}; the ` +
+      `engine's encoder product ${(gflop / product * 1e3).toFixed(0)} GFLOP/s = ` +
       `${(100 * ceiling / product).toFixed(0)}% of it; steps in ceiling units: ${steps}`,
     ];
   });
@@ -252,7 +254,8 @@ of 512 features, a Staircase chain of two sharing 1,024 features, a JSAE pair ac
 each interleaved with the PyTorch peer (tests/bench/peer_torch.py --serve, when python3 has
 torch) step by step (A B A B), ratio = the median of the per-step ratios; with all threads and
 with one (OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1, peer --threads 1); beside them OpenBLAS's
-sgemm on the encoder's shape (the ceiling) and the engine's encoder product, and each step in
+sgemm on the encoder's shape (the ceiling; the peer's torch.mm of it beside, so that a peer slow
+at its products, or at everything else, shows) and the engine's encoder product, and each step in
 units of that ceiling; (b) a toy-GPT training step (32 × 128 tokens) and SCALAR attribution of
 one toy mlp-block and one block pair at the paper's settings (512 × 512, 576 sequences, 5 IG
 steps; timed on 6 sequences, scaled to the pair), each interleaved with the peer on as many

@@ -16,6 +16,10 @@ Cases (shapes from SPEC.md §2 and §4):
                   W_enc_out)^T, J = Bt[K2] @ (A[K1] * GELU'(z))^T per token, K = TopK indices.
   gpt_train_step  one step of the toy GPT `shakespeare_64x4` on batch x 128 seeded random tokens:
                   cross-entropy, backward, grad clipping to 1.0, AdamW(1e-3, (0.9, 0.95), wd 0.1).
+  sgemm_ceiling   (--serve only) torch.mm of the SAE encoder's shape, [16384, 64] @ [64, 512], into
+                  a reused output as ours writes one: the peer's BLAS beside ours, so that a step
+                  ratio far above this one is read as the peer's other costs (on a VM where fresh
+                  pages are dear, each step's newly allocated 32 MB tensors: 2026-12-06, ~90 ms each).
   attribution_mlp_block, attribution_block  (--serve only) SCALAR edge attribution of one toy pair
                   (layer 1; 512 x 512 TopK features, k 10, random weights) as the authors compute
                   it: one backward pass per target feature and IG step (5) over a batch of 6
@@ -327,6 +331,13 @@ def attribution_step_fn(position, device, sequences=6, steps=5, sample=8, featur
     return step, features / sample
 
 
+def sgemm_step_fn(tokens=16384, d_in=64, n_features=512):
+    torch.manual_seed(SEED)
+    x, w = torch.randn(tokens, d_in), torch.randn(d_in, n_features)
+    out = torch.empty(tokens, n_features)
+    return lambda: torch.mm(x, w, out=out)
+
+
 def bench_sae(make, reps, device):
     step, detail = make(device)
     median, fastest = time_steps(step, reps, device)
@@ -346,6 +357,7 @@ SERVE_CASES = {
     "gpt_train_step": lambda: (gpt_step_fn(
         32, sdpa_attention if hasattr(F, "scaled_dot_product_attention") else explicit_attention,
         "cpu")[0], 1),
+    "sgemm_ceiling": lambda: (sgemm_step_fn(), 1),
     "attribution_mlp_block": lambda: attribution_step_fn("mlp-block", "cpu"),
     "attribution_block": lambda: attribution_step_fn("block", "cpu"),
 }
