@@ -254,38 +254,34 @@ for (const c of cases) {
 }
 
 Deno.test("chooseStepper() takes the backend's engine, hands over to the reference when it cannot start, and SCALAR_SAE_STEPPER forces one", async () => {
-  const sae = topk(4, 1);
-  const saes = buildSaes(sae, layoutPosition("mlp", 1), 2, 0);
-  const o = { saes, sae, rows: 2, adam: { ...adam, weightDecay: 0 }, gradClip: 1 };
-  const env = ["SCALAR_SAE_STEPPER", "CC"].map((name) => [name, Deno.env.get(name)] as const);
-  const choose = async (stepper?: StepperKind) => {
-    const chosen = await chooseStepper(o, { stepper });
-    chosen.stepper.dispose();
-    return [chosen.kind, chosen.line];
+  // Each choice in a process of its own, with the variables set there only (see the script).
+  const choose = async (env: Record<string, string>, stepper?: StepperKind) => {
+    const script = new URL("./testdata/choose_stepper.ts", import.meta.url).href;
+    const args = ["run", "--allow-all", script, ...(stepper ? [stepper] : [])];
+    const out = await new Deno.Command(Deno.execPath(), { args, env, stderr: "inherit" }).output();
+    assert.ok(out.success, `choose_stepper.ts exited with ${out.code}`);
+    const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+    return JSON.parse(lines.at(-1)!) as { kind?: string; line?: string; error?: string };
   };
-  try {
-    Deno.env.delete("SCALAR_SAE_STEPPER");
-    // The tests run on the tfjs cpu backend, whose engine is the CPU one; where it cannot start
-    // (here: its kernels cannot be compiled) the reference trains, saying why; forced, it fails.
-    if (ENGINES.includes("cpu")) {
-      assert.deepEqual(await choose(), ["cpu", "SAE steps: the CPU engine"]);
-      Deno.env.set("CC", "/nonexistent/cc");
-      await assert.rejects(choose("cpu"), /\/nonexistent\/cc/);
-    }
-    const [kind, line] = await choose();
-    assert.equal(kind, "tfjs");
-    assert.match(line!, /^SAE steps: tfjs cpu ops \(cpu engine unavailable: .+\)$/);
-    Deno.env.set("SCALAR_SAE_STEPPER", "tfjs");
-    assert.deepEqual(await choose(), ["tfjs", "SAE steps: tfjs cpu ops"]);
-    Deno.env.set("SCALAR_SAE_STEPPER", "gpu");
-    await assert.rejects(choose(), /SCALAR_SAE_STEPPER=gpu: use one of tfjs, cpu, webgpu/);
-  } finally {
-    for (const [name, value] of env) {
-      if (value === undefined) Deno.env.delete(name);
-      else Deno.env.set(name, value);
-    }
-    saes.dispose();
+  const none = { SCALAR_SAE_STEPPER: "" };
+  // The tests run on the tfjs cpu backend, whose engine is the CPU one; where it cannot start
+  // (here: its kernels cannot be compiled) the reference trains, saying why; forced, it fails.
+  if (ENGINES.includes("cpu")) {
+    assert.deepEqual(await choose(none), { kind: "cpu", line: "SAE steps: the CPU engine" });
+    const noCompiler = { ...none, CC: "/nonexistent/cc" };
+    assert.match((await choose(noCompiler, "cpu")).error!, /\/nonexistent\/cc/);
+    const handedOver = await choose(noCompiler);
+    assert.equal(handedOver.kind, "tfjs");
+    assert.match(handedOver.line!, /^SAE steps: tfjs cpu ops \(cpu engine unavailable: .+\)$/);
   }
+  assert.deepEqual(await choose({ SCALAR_SAE_STEPPER: "tfjs" }), {
+    kind: "tfjs",
+    line: "SAE steps: tfjs cpu ops",
+  });
+  assert.match(
+    (await choose({ SCALAR_SAE_STEPPER: "gpu" })).error!,
+    /SCALAR_SAE_STEPPER=gpu: use one of tfjs, cpu, webgpu/,
+  );
 });
 
 /** A whole short training run, on every stepper. */
