@@ -229,11 +229,12 @@ function ceilingLines(timings: readonly Timing[]): string[] {
   const { tokens, d, features } = SAE_CASE;
   const gflop = (2 * tokens * d * features) / 1e9;
   return (["engine", "engine-1thread"] as const).flatMap((config) => {
-    const of = (name: string) => timings.find((t) => t.config === config && t.name === name)?.ms;
+    const row = (name: string) => timings.find((t) => t.config === config && t.name === name);
+    const of = (name: string) => row(name)?.ms;
     const [ceiling, product] = [of("sgemm_ceiling"), of("sae_encoder_product")];
     if (ceiling === undefined || product === undefined) return [];
     const steps = ENGINE_CASES.map((n) => `${n} ${(of(n)! / ceiling).toFixed(1)}×`).join(", ");
-    const peerMs = timings.find((t) => t.config === config && t.name === "sgemm_ceiling")?.peerMs;
+    const peerMs = row("sgemm_ceiling")?.peerMs;
     const peer = peerMs ? ` (the peer's torch.mm ${(gflop / peerMs * 1e3).toFixed(0)})` : "";
     return [
       `${config}: sgemm ceiling ${(gflop / ceiling * 1e3).toFixed(0)} GFLOP/s${peer}; the ` +

@@ -68,8 +68,8 @@ for (const [config, c] of CONFIGS) {
           assertRelClose(f.output, (await y.data()) as Float32Array, 1e-5, `${config}: forward`);
           y.dispose();
           // run(): the same output, its scratch reused across calls of other sizes. Fewer rows
-          // may take another OpenBLAS kernel (it picks by shape and by CPU: bit-equal on Zen 4,
-          // not on Zen 5), so only the same rows are held to the same bits.
+          // may take another OpenBLAS kernel (it picks by shape and by CPU: bit-equal on one
+          // host, not on a Zen 5), so only the same rows are held to the same bits.
           const head = f.output.subarray(0, 2 * D);
           assertRelClose(vjp.run(x.subarray(0, 2 * D)), head, 1e-6, `${config}: run, 2 rows`);
           assert.deepEqual(vjp.run(x), f.output);
